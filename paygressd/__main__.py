@@ -1,0 +1,3 @@
+from paygressd.cli import main
+
+raise SystemExit(main())
