@@ -46,7 +46,7 @@ def write_new_key(path: Path) -> Keys:
 def pubkey_hex(text: str) -> str | None:
     """Canonical lowercase hex for hex, npub1… or nostr: input; None when it does not parse."""
     try:
-        return PublicKey.parse(text.strip()).to_hex()
+        return str(PublicKey.parse(text.strip()).to_hex())
     except Exception:
         return None
 
