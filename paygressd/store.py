@@ -197,6 +197,13 @@ class Store:
             ).fetchone()
         return _lease(row) if row else None
 
+    def latest_lease_by_vmid(self, vmid: int) -> Lease | None:
+        with self._lock:
+            row = self._db.execute(
+                "SELECT * FROM leases WHERE vmid = ? ORDER BY id DESC LIMIT 1", (vmid,)
+            ).fetchone()
+        return _lease(row) if row else None
+
     def active_leases(self) -> list[Lease]:
         with self._lock:
             rows = self._db.execute("SELECT * FROM leases WHERE state = 'active' ORDER BY vmid").fetchall()
@@ -228,10 +235,12 @@ class Store:
         return self.lease(lease_id)
 
     def end_lease(self, lease_id: int, now: int) -> bool:
+        """End a lease whose time is up. False when it is not active or a top-up extended it meanwhile."""
         with self._tx() as db:
             cur = db.execute(
-                "UPDATE leases SET state = 'ended', ended_at = ? WHERE id = ? AND state = 'active'",
-                (now, lease_id),
+                "UPDATE leases SET state = 'ended', ended_at = ? WHERE id = ? AND state = 'active'"
+                " AND expires_at <= ?",
+                (now, lease_id, now),
             )
             ended = cur.rowcount == 1
             if ended:
