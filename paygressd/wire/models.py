@@ -30,7 +30,10 @@ class WireModel(BaseModel):
     def to_wire(self) -> dict[str, Any]:
         out = self.model_dump(mode="json")
         for name in self._OMIT_EMPTY:
-            if out.get(name) in (None, "", []):
+            value = out.get(name)
+            # serde skips an Option only when None (Some("") is sent), a String/Vec when empty.
+            optional = type(self).model_fields[name].default is None
+            if value is None or (not optional and value in ("", [])):
                 out.pop(name, None)
         return out
 
