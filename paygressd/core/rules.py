@@ -95,7 +95,8 @@ _RESERVED_USERS = frozenset(
 
 def guest_username(requested: str) -> str | None:
     """The consumer's ssh_username when it is a valid, non-system POSIX name; else None (root only)."""
-    if _POSIX_USER.match(requested) and requested not in _RESERVED_USERS:
+    # fullmatch, not match: "$" would let a trailing newline through into cloud-init's YAML.
+    if _POSIX_USER.fullmatch(requested) and requested not in _RESERVED_USERS:
         return requested
     return None
 
