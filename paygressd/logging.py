@@ -20,7 +20,15 @@ import structlog
 REDACTED = "[redacted]"
 
 _TOKEN = re.compile(r"cashu[AB][A-Za-z0-9_\-+/=]+")
-_NSEC = re.compile(r"nsec1[a-z0-9]+")
+# bech32 may be written all upper-case, and Keys.parse accepts that too.
+_NSEC = re.compile(r"nsec1[a-z0-9]+", re.IGNORECASE)
+# `"ssh_password": "x"`, `'content': 'x'`, `password=x` inside a string (a dict repr, a JSON body, a pydantic
+# ValidationError's input_value): the value goes, the key stays so the line still makes sense.
+_KEY_VALUE = re.compile(
+    r"""\b((?:ssh_)?passw(?:or)?d|cashu_token|refund_token|secret_key|nsec|mnemonic|content|plaintext)"""
+    r"""(["']?\s*[:=]\s*)("(?:[^"\\]|\\.)*"|'(?:[^'\\]|\\.)*'|[^\s,;)}\]]+)""",
+    re.IGNORECASE,
+)
 _SENSITIVE_KEYS = frozenset(
     {"password", "ssh_password", "passwd", "secret", "secret_key", "nsec", "sk", "token", "cashu_token",
      "refund_token", "content", "plaintext", "body", "dm", "decrypted", "mnemonic", "seed", "user_data"}
@@ -45,6 +53,7 @@ def forget_secret(value: str) -> None:
 
 
 def scrub(text: str) -> str:
+    text = _KEY_VALUE.sub(lambda m: m[1] + m[2] + REDACTED, text)
     text = _TOKEN.sub("cashu" + REDACTED, text)
     text = _NSEC.sub("nsec1" + REDACTED, text)
     for s in _secrets:
@@ -61,7 +70,11 @@ def _scrub_value(value: Any, depth: int = 0) -> Any:
     if isinstance(value, bytes):
         return scrub(value.decode("utf-8", "replace"))
     if isinstance(value, Mapping):
-        return {k: (REDACTED if _is_sensitive(k) else _scrub_value(v, depth + 1)) for k, v in value.items()}
+        # Keys are scrubbed too: a dict keyed by token (e.g. per-token amounts) must not leak it.
+        return {
+            (scrub(k) if isinstance(k, str) else k): (REDACTED if _is_sensitive(k) else _scrub_value(v, depth + 1))
+            for k, v in value.items()
+        }
     if isinstance(value, list | tuple | set | frozenset):
         return [_scrub_value(v, depth + 1) for v in value]
     if isinstance(value, int | float | bool) or value is None:
@@ -92,6 +105,8 @@ def setup_logging(level: str = "info", stream: TextIO | None = None, json_lines:
         structlog.stdlib.add_log_level,
         structlog.stdlib.add_logger_name,
         structlog.processors.TimeStamper(fmt="iso", utc=True),
+        # log.info("x %s", y) must render "x <y>" (scrubbed afterwards), not "x %s".
+        structlog.stdlib.PositionalArgumentsFormatter(),
         structlog.processors.format_exc_info,
         redact,
     ]
