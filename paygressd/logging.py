@@ -26,7 +26,8 @@ _NSEC = re.compile(r"nsec1[a-z0-9]+", re.IGNORECASE)
 # ValidationError's input_value): the value goes, the key stays so the line still makes sense.
 _KEY_VALUE = re.compile(
     r"""\b((?:ssh_)?passw(?:or)?d|cashu_token|refund_token|secret_key|nsec|mnemonic|content|plaintext)"""
-    r"""(["']?\s*[:=]\s*)("(?:[^"\\]|\\.)*"|'(?:[^'\\]|\\.)*'|[^\s,;)}\]]+)""",
+    # "[redacted]" first: scrub runs twice per event and must not nibble at its own marker.
+    r"""(["']?\s*[:=]\s*)(\[redacted\]|"(?:[^"\\]|\\.)*"|'(?:[^'\\]|\\.)*'|[^\s,;)}\]]+)""",
     re.IGNORECASE,
 )
 _SENSITIVE_KEYS = frozenset(

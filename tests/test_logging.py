@@ -10,10 +10,12 @@ from dataclasses import dataclass
 
 import pytest
 import structlog
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from nostr_sdk import Keys
 from pydantic import ValidationError
 
-from paygressd.logging import forget_secret, get_logger, register_secret, setup_logging
+from paygressd.logging import forget_secret, get_logger, register_secret, scrub, setup_logging
 from paygressd.wire.models import SpawnRequest
 
 # Real-looking Cashu tokens: the upstream V3 fixture (protocol §7.1) and a V4 prefix from cdk's tests.
@@ -180,3 +182,18 @@ def test_level_filtering(captured: Captured) -> None:
     get_logger("t").warning("loud-warning")
     out = captured.text()
     assert "quiet-info" not in out and "loud-warning" in out
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.text(max_size=60), st.sampled_from(["password=", "'ssh_password': ", '"content":', "nsec1", "cashuA", ""]))
+def test_scrub_is_idempotent(text: str, prefix: str) -> None:
+    # The pipeline scrubs each event twice (structlog chain, then the formatter); output must be stable.
+    once = scrub(prefix + text)
+    assert scrub(once) == once
+
+
+def test_readable_after_double_scrub(captured: Captured) -> None:
+    get_logger("t").info(f"decrypted {json.loads(DM_BODY)!r}")
+    out = captured.text()
+    assert "'cashu_token': [redacted], 'pod_spec_id': 'basic'" in out
+    assert "[redacted]]" not in out
