@@ -1,0 +1,1 @@
+"""Nostr transport (relays, DMs, dedupe), the request loop, and discovery (offer + heartbeats)."""
