@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import os
 import re
 import socket
@@ -25,6 +26,7 @@ from typing import Any
 
 import httpx
 
+_UNIT_INDEX = {"sat": 0, "msat": 1, "usd": 2, "eur": 3}
 _REQUEST_LINE = re.compile(rb"(?:^|\r\n)(GET|POST|PUT|DELETE|HEAD|OPTIONS|PATCH) (/\S*) HTTP/1\.[01]\r\n")
 
 
@@ -137,6 +139,8 @@ class MintProcess:
         }
         for unit in self.units:
             env[f"MINT_BACKEND_BOLT11_{unit.upper()}"] = "FakeWallet"
+        # Nutshell derives a keyset's unit from the derivation path's second index (sat 0, msat 1, usd 2, eur 3).
+        env["MINT_DERIVATION_PATH_LIST"] = json.dumps([f"m/0'/{_UNIT_INDEX[u]}'/0'" for u in self.units])
         return env
 
     def _open_log(self) -> Any:
