@@ -8,7 +8,16 @@ import tomllib
 from pathlib import Path
 from typing import Annotated, Literal, Self
 
-from pydantic import BaseModel, ConfigDict, Field, StrictStr, ValidationError, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    StrictBool,
+    StrictStr,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 
 from paygressd.core.rules import normalize_mint_url
 
@@ -136,7 +145,8 @@ class Tier(_Section):
 
 
 class MetricsSection(_Section):
-    enabled: bool = False
+    # Strict: enabled = "no" must be an error, not a string that pydantic happens to read as False.
+    enabled: StrictBool = False
     listen: StrictStr = "127.0.0.1:9464"
 
 
