@@ -316,13 +316,21 @@ class Store:
                 raise ValueError(f"journal {journal_id} is not awaiting a refund")
             self._set_journal(db, journal_id, JournalState.REFUND_PREPARED, refund_token=refund_token)
 
-    def journal_refunded(self, journal_id: int) -> None:
+    def journal_refunded(self, journal_id: int) -> bool:
+        """Mark a prepared refund as sent. Idempotent: a repeated call (a second relay ack) is False and
+        does not count the refund twice."""
         with self._tx() as db:
+            row = db.execute("SELECT state FROM redemptions WHERE id = ?", (journal_id,)).fetchone()
+            if row is not None and row["state"] == JournalState.REFUNDED:
+                return False
+            if row is None or row["state"] != JournalState.REFUND_PREPARED:
+                raise ValueError(f"journal {journal_id} has no prepared refund")
             self._set_journal(db, journal_id, JournalState.REFUNDED)
             db.execute(
                 "INSERT INTO counters (name, value) VALUES ('refunds_paid', 1)"
                 " ON CONFLICT(name) DO UPDATE SET value = value + 1"
             )
+            return True
 
     def journal(self, journal_id: int) -> JournalEntry | None:
         with self._lock:
