@@ -9,6 +9,8 @@ from pathlib import Path
 
 import pytest
 
+from tests.support.systemd_unit import parse_unit
+
 REPO = Path(__file__).resolve().parents[2]
 UNIT = REPO / "systemd" / "paygressd.service"
 MAX_EXPOSURE = 3.0
@@ -17,23 +19,6 @@ needs_analyze = pytest.mark.skipif(
     shutil.which("systemd-analyze") is None,
     reason="systemd-analyze is not installed (apt-get install systemd; deploy/setup-dev.sh does)",
 )
-
-
-def parse_unit(text: str) -> dict[str, list[str]]:
-    """`Section.Key` -> every value given, in order (systemd directives may repeat)."""
-    out: dict[str, list[str]] = {}
-    section = ""
-    for raw in text.splitlines():
-        line = raw.strip()
-        if not line or line.startswith(("#", ";")):
-            continue
-        if line.startswith("[") and line.endswith("]"):
-            section = line[1:-1]
-            continue
-        key, sep, value = line.partition("=")
-        assert sep, f"not a key=value line: {raw!r}"
-        out.setdefault(f"{section}.{key.strip()}", []).append(value.strip())
-    return out
 
 
 @pytest.fixture(scope="module")
