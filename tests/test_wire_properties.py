@@ -7,7 +7,7 @@ import json
 from typing import Any
 
 import pytest
-from hypothesis import HealthCheck, given, settings
+from hypothesis import given, settings
 from hypothesis import strategies as st
 from pydantic import ValidationError
 
@@ -46,11 +46,11 @@ opt_text = st.none() | text
 
 pod_specs = st.builds(PodSpec, id=text, name=text, description=text, cpu_millicores=u64, memory_mb=u64,
                       rate_msats_per_sec=u64)
-replications = st.one_of(
-    st.builds(ReplicationNone, mode=st.just("none")),
-    st.builds(ReplicationCheckpointed, mode=st.just("checkpointed")),
-    st.builds(ReplicationWarmStandby, mode=st.just("warm-standby"), standby_providers=st.lists(text, max_size=3)),
-)
+repl_none = st.builds(ReplicationNone, mode=st.just("none"))
+repl_checkpointed = st.builds(ReplicationCheckpointed, mode=st.just("checkpointed"))
+repl_warm = st.builds(ReplicationWarmStandby, mode=st.just("warm-standby"),
+                      standby_providers=st.lists(text, max_size=3))
+replications = st.one_of(repl_none, repl_checkpointed, repl_warm)
 volume_encryptions = st.builds(VolumeEncryption, version=u8, algorithm=text, key_b64=text)
 spawn_requests = st.builds(
     SpawnRequest, cashu_token=text, pod_spec_id=opt_text, pod_image=text, ssh_username=text, ssh_password=text,
@@ -87,9 +87,8 @@ heartbeats = st.builds(HeartbeatContent, provider_npub=text, timestamp=u64, acti
                        available_capacity=capacities, version=u8)
 
 ALL_MODELS: dict[type[WireModel], st.SearchStrategy[Any]] = {
-    PodSpec: pod_specs, ReplicationNone: replications.filter(lambda r: isinstance(r, ReplicationNone)),
-    ReplicationCheckpointed: st.builds(ReplicationCheckpointed, mode=st.just("checkpointed")),
-    ReplicationWarmStandby: replications.filter(lambda r: isinstance(r, ReplicationWarmStandby)),
+    PodSpec: pod_specs, ReplicationNone: repl_none, ReplicationCheckpointed: repl_checkpointed,
+    ReplicationWarmStandby: repl_warm,
     VolumeEncryption: volume_encryptions, SpawnRequest: spawn_requests, TopUpRequest: topup_requests,
     StatusRequest: status_requests, TemplatePort: template_ports, AccessDetails: access_details,
     TopUpReply: topup_replies, StatusReply: status_replies, ErrorReply: error_replies, StakeProof: stake_proofs,
@@ -112,7 +111,7 @@ def test_strategies_cover_every_wire_model() -> None:
 
 
 @pytest.mark.parametrize("model", list(ALL_MODELS), ids=lambda m: m.__name__)
-@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.filter_too_much])
+@settings(max_examples=60, deadline=None)
 @given(data=st.data())
 def test_serialize_parse_identity(model: type[WireModel], data: st.DataObject) -> None:
     instance = data.draw(ALL_MODELS[model])
