@@ -329,3 +329,31 @@ def test_uptime_accepts_float_or_integer_but_not_bool() -> None:
     assert OfferContent.from_json(_with(sample, ("uptime_percent",), 99.5)).uptime_percent == 99.5
     with pytest.raises(ValidationError):
         OfferContent.from_json(_with(sample, ("uptime_percent",), True))
+
+
+# ---------------------------------------------------------------- every reply can be sent
+
+any_chars = st.text(st.characters(categories=["Cs"]) | st.characters(), max_size=20)
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.sampled_from(["pod_id", "pod_npub", "cashu_token", "ssh_password", "x"]), any_chars, st.booleans())
+def test_dispatch_result_always_encodes_as_utf8(key: str, value: str, escaped: bool) -> None:
+    # Escaped: JSON "\ud800" escapes (valid JSON text); raw: the string itself holds the surrogate.
+    content = json.dumps({key: value, "cashu_token": "t"}, ensure_ascii=escaped)
+    result = dispatch(content)
+    result.to_json().encode("utf-8")
+    if isinstance(result, StatusRequest | TopUpRequest | SpawnRequest):
+        # A request that parsed holds only strings a reply can echo back.
+        for v in result.to_wire().values():
+            if isinstance(v, str):
+                v.encode("utf-8")
+
+
+def test_lone_surrogate_escape_is_invalid_request() -> None:
+    result = dispatch('{"pod_id":"\\ud800"}')
+    assert isinstance(result, ErrorReply) and result.error_type == "invalid_request"
+    assert "surrogate" in (result.details or "")
+    # A correctly paired surrogate escape is a normal character (here an emoji).
+    ok = dispatch('{"pod_id":"\\ud83d\\ude80"}')
+    assert isinstance(ok, StatusRequest) and ok.pod_id == "🚀"

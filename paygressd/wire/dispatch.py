@@ -24,6 +24,12 @@ def dispatch(content: str) -> Request | ErrorReply:
         value = json.loads(content)
     except (ValueError, RecursionError) as exc:
         return errors.invalid_request(_parser_message(exc), content)
+    try:
+        # serde_json refuses a lone surrogate escape ("\ud800"); Python accepts it, and a reply echoing
+        # such a string (e.g. status not_found) could not even be encoded as UTF-8.
+        json.dumps(value, ensure_ascii=False).encode("utf-8")
+    except (UnicodeEncodeError, RecursionError):
+        return errors.invalid_request("lone surrogate in hex escape", content)
     if not isinstance(value, dict):
         return errors.invalid_request(_NO_VARIANT, content)
     for model in (SpawnRequest, TopUpRequest, StatusRequest):

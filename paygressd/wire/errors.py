@@ -48,6 +48,8 @@ def error(kind: ErrorType, message: str, details: str | None = None) -> ErrorRep
 
 def invalid_request(parser_error: str, content: str) -> ErrorReply:
     shown = content[:100] + ("..." if len(content) > 100 else "")
+    # The echo must stay encodable even if the content held a raw surrogate.
+    shown = shown.encode("utf-8", "backslashreplace").decode("utf-8")
     return error(
         ErrorType.INVALID_REQUEST,
         "Failed to parse request",
