@@ -22,8 +22,12 @@ def _add_config_arg(p: argparse.ArgumentParser) -> None:
 
 def load_checked_config(args: argparse.Namespace) -> Config:
     """Config plus key file: the daemon refuses to start on any error in either."""
-    cfg = load_config(config_path(getattr(args, "config", None)))
-    load_keys(cfg.provider.key_file)
+    path = config_path(getattr(args, "config", None))
+    cfg = load_config(path)
+    try:
+        load_keys(cfg.provider.key_file)
+    except KeyFileError as exc:
+        raise KeyFileError(f"{path}: provider.key_file: {exc}") from exc
     return cfg
 
 

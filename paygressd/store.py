@@ -155,6 +155,11 @@ class Store:
     def _migrate(self) -> None:
         with self._lock:
             version = int(self._db.execute("PRAGMA user_version").fetchone()[0])
+            if version > len(MIGRATIONS):
+                raise RuntimeError(
+                    f"{self.path}: schema version {version} is newer than this paygressd knows "
+                    f"({len(MIGRATIONS)}); refusing to run an older release on newer state"
+                )
             for number, migration in enumerate(MIGRATIONS[version:], start=version + 1):
                 with self._tx() as db:
                     migration(db)
