@@ -347,7 +347,8 @@ def test_key_file_readable_by_others_refused(tmp_path: Path, mode: int) -> None:
         load_checked_config(args)
     msg = str(info.value)
     key = (tmp_path / "provider.key").resolve()
-    assert msg.startswith(f"{key}: key file mode is {mode:04o}")
+    cfg_file = tmp_path / "paygressd.toml"
+    assert msg.startswith(f"{cfg_file}: provider.key_file: {key}: key file mode is {mode:04o}")
     assert f"chmod 600 {key}" in msg
 
 
@@ -356,7 +357,8 @@ def test_key_file_missing(tmp_path: Path) -> None:
     with pytest.raises(KeyFileError) as info:
         load_checked_config(args)
     key = (tmp_path / "provider.key").resolve()
-    assert str(info.value) == f"{key}: cannot read key file: No such file or directory"
+    cfg_file = tmp_path / "paygressd.toml"
+    assert str(info.value) == f"{cfg_file}: provider.key_file: {key}: cannot read key file: No such file or directory"
 
 
 def test_key_file_unreadable(tmp_path: Path) -> None:
@@ -366,7 +368,8 @@ def test_key_file_unreadable(tmp_path: Path) -> None:
     key.mkdir(mode=0o700)  # a directory: stat works, reading fails (even for root)
     with pytest.raises(KeyFileError) as info:
         load_checked_config(args)
-    assert str(info.value).startswith(f"{key.resolve()}: cannot read key file: ")
+    cfg_file = tmp_path / "paygressd.toml"
+    assert str(info.value).startswith(f"{cfg_file}: provider.key_file: {key.resolve()}: cannot read key file: ")
 
 
 @pytest.mark.parametrize("content", ["", "npub1ae40uj62de87f8tvx56e6ytp5m7jd7l96mh0ew43e8q5wucm7z9q2uqvuc",
