@@ -204,6 +204,25 @@ async def run_mint(work_dir: Path, *, input_fee_ppk: int = 0, units: Sequence[st
         await mint.stop()
 
 
+def fake_invoice(amount_sat: int, memo: str = "paygressd test") -> str:
+    """A well-formed, signed BOLT11 invoice nobody will ever settle; the FakeWallet mint "pays" it on melt."""
+    import hashlib
+    from datetime import datetime
+
+    from bolt11 import Bolt11, Feature, Features, FeatureState, MilliSatoshi, TagChar, Tags, encode
+
+    secret = os.urandom(32).hex()
+    tags = Tags()
+    tags.add(TagChar.features, Features.from_feature_list({Feature.payment_secret: FeatureState.supported}))
+    tags.add(TagChar.description, memo)
+    tags.add(TagChar.expire_time, 3600)
+    tags.add(TagChar.payment_secret, secret)
+    tags.add(TagChar.payment_hash, hashlib.sha256(secret.encode()).hexdigest())
+    invoice = Bolt11(currency="bc", amount_msat=MilliSatoshi(amount_sat * 1000),
+                     date=int(datetime.now().timestamp()), tags=tags)
+    return str(encode(invoice, os.urandom(32).hex()))
+
+
 class ConsumerWallet:
     """A consumer's own Nutshell wallet at one mint and unit (separate DB from any provider)."""
 
