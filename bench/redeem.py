@@ -18,9 +18,9 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from paygressd.logging import setup_logging  # noqa: E402
-from paygressd.payments.service import PaymentService  # noqa: E402
-from tests.support.mint import ConsumerWallet, run_mint  # noqa: E402
+from paygressd.logging import setup_logging
+from paygressd.payments.service import PaymentService
+from tests.support.mint import ConsumerWallet, run_mint
 
 
 def pct(values: list[float], q: float) -> float:
