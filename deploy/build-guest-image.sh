@@ -21,8 +21,9 @@
 #
 # Guest contract (what paygressd gives every guest):
 #   /dev/vda  qcow2 overlay of the base image;  /dev/vdb  NoCloud seed ISO, volume id "cidata"
-#   user-data: '#cloud-config' with a chpasswd list of 'name:password' lines (4-space indent) for root and
-#   the consumer's user; the mini /init reads only those lines and local-hostname/instance-id from meta-data.
+#   user-data: '#cloud-config' whose chpasswd.users entries are one line each, '    - {name: "N", password: "P",
+#   type: text}', for root and the consumer's user; the mini /init reads only those lines and
+#   local-hostname/instance-id from meta-data.
 #   When passwords and sshd are in place the guest prints "paygress-guest-ready" on the serial console.
 set -euo pipefail
 
@@ -136,9 +137,11 @@ if [ -n "$SEED" ] && mount -t iso9660 -o ro "$SEED" /seed; then
   say "seed found on $SEED"
   H=$(sed -n 's/^local-hostname:[[:space:]]*//p' /seed/meta-data | head -1); [ -n "$H" ] && HOST=$H
   IID=$(sed -n 's/^instance-id:[[:space:]]*//p' /seed/meta-data | head -1)
-  # chpasswd list lines: exactly four spaces, name:password (paygressd passwords are alphanumeric)
+  # chpasswd users, one flow mapping per line exactly as paygressd writes them (passwords are alphanumeric):
+  #     - {name: "NAME", password: "PASSWORD", type: text}
   uid=1000
-  sed -n 's/^    \([a-z_][a-z0-9_-]*\):\([A-Za-z0-9]*\)$/\1 \2/p' /seed/user-data | while read -r name pass; do
+  sed -n 's/^    - {name: "\([a-z_][a-z0-9_-]*\)", password: "\([A-Za-z0-9]*\)", type: text}$/\1 \2/p' /seed/user-data |
+  while read -r name pass; do
     hash=$(mkpasswd -m sha512 "$pass")
     if [ "$name" = root ]; then
       sed -i "s|^root:[^:]*:|root:$hash:|" /etc/shadow

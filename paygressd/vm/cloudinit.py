@@ -28,19 +28,23 @@ def user_data(vmid: int, password: str, guest_user: str | None) -> str:
 
     - sshd drop-in first in lexical order (sshd keeps the FIRST value it reads, so it beats e.g. Ubuntu's
       60-cloudimg-settings.conf `PasswordAuthentication no` and Debian's `prohibit-password` default);
-    - chpasswd list lines are `    name:password` (4 spaces): the mini guest's /init parses exactly that;
+    - chpasswd.users (cloud-init >= 22.3; the older `list` string is deprecated), one quoted flow mapping
+      per line: the mini guest's /init parses exactly that shape. Quoted, because an all-digit or `0x…`
+      password would otherwise be read by YAML as a number;
     - the readiness marker goes out from a per-boot script, which cloud-init runs in its final stage (after
       users, passwords and the drop-in) on every boot, so a VM restarted with the same seed reports too.
     """
-    if not _PASSWORD.match(password):
+    if not _PASSWORD.fullmatch(password):
         raise ValueError("password must be 8-128 ASCII letters or digits")
-    if guest_user is not None and (not _USER.match(guest_user) or guest_user == "root"):
+    if guest_user is not None and (not _USER.fullmatch(guest_user) or guest_user == "root"):
         raise ValueError("guest user must be a non-root POSIX user name")
     name = vm_name(vmid)
     lines = [
         "#cloud-config",
         "disable_root: false",
         "ssh_pwauth: true",
+        # sudo warns "unable to resolve host" unless the hostname is in /etc/hosts
+        "manage_etc_hosts: true",
     ]
     if guest_user is not None:
         lines += [
@@ -54,11 +58,11 @@ def user_data(vmid: int, password: str, guest_user: str | None) -> str:
     lines += [
         "chpasswd:",
         "  expire: false",
-        "  list: |",
-        f"    root:{password}",
+        "  users:",
     ]
-    if guest_user is not None:
-        lines.append(f"    {guest_user}:{password}")
+    for user in ("root", guest_user):
+        if user is not None:
+            lines.append(f"    - {{name: {_q(user)}, password: {_q(password)}, type: text}}")
     ready = (
         "#!/bin/sh\n"
         "# sshd must have read the password-login drop-in before the host is told the guest is ready\n"

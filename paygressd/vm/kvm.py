@@ -35,6 +35,7 @@ from paygressd.vm.backend import (
 from paygressd.vm.cloudinit import write_seed_iso
 from paygressd.vm.qemu import (
     READY_MARKER,
+    SERIAL_CHARDEV,
     LaunchSpec,
     QemuOptions,
     VmPaths,
@@ -65,6 +66,7 @@ class KvmBackend:
         self.accel_verdict: AccelVerdict | None = None
         self._reservations: dict[int, Reservation] = {}
         self._ready_pid: dict[int, int] = {}  # vmid -> the qemu pid that was seen ready
+        self._leased: set[int] = set()  # vmids in the last reconcile's wanted list
         self._locks: defaultdict[int, asyncio.Lock] = defaultdict(asyncio.Lock)
         self._base_format = "qcow2"
         self._base_virtual = 0
@@ -228,11 +230,16 @@ class KvmBackend:
             await self._stop(vmid, graceful_timeout=0.0)
             self._remove_dir(vmid)
             self._reservations.pop(vmid, None)
+            self._leased.discard(vmid)
         log.info("vm_deleted", vmid=vmid)
 
     async def reconcile(self, wanted: list[WantedVm]) -> ReconcileReport:
         report = ReconcileReport()
-        in_flight = set(self._reservations) - {w.vmid for w in wanted}  # reserved, lease not written yet
+        wanted_ids = {w.vmid for w in wanted}
+        # Reserved here but never in a lease list: a spawn in progress (its lease is not written yet).
+        # Once a vmid was wanted, dropping out of the list means its lease is over.
+        in_flight = set(self._reservations) - wanted_ids - self._leased
+        self._leased = set(wanted_ids)
         procs = host.scan_qemus(self.root)
         for w in wanted:
             self._reservations[w.vmid] = Reservation(
@@ -255,7 +262,7 @@ class KvmBackend:
                 else:
                     log.warning("vm_restarted", vmid=w.vmid, reason="lease valid but qemu was not running")
                     report.restarted.append(w.vmid)
-        keep = {w.vmid for w in wanted} | in_flight
+        keep = wanted_ids | in_flight
         orphans = (set(procs) | self._vm_dirs()) - keep
         for vmid in sorted(orphans):
             async with self._locks[vmid]:
@@ -317,7 +324,16 @@ class KvmBackend:
         if port is None or not await host.ssh_banner(self._probe_host(), port):
             return False
         self._ready_pid[vmid] = pid
+        await self._mute_serial(vmid, paths)
         return True
+
+    async def _mute_serial(self, vmid: int, paths: VmPaths) -> None:
+        """After the marker, the serial log is only a way for a tenant to fill the host's disk: drop it."""
+        try:
+            await qmp_command(paths.qmp, "chardev-change",
+                              {"id": SERIAL_CHARDEV, "backend": {"type": "null", "data": {}}}, wait=5.0)
+        except (QmpError, TimeoutError, OSError, ValueError) as exc:
+            log.warning("serial_mute_failed", vmid=vmid, error=str(exc))
 
     def _probe_host(self) -> str:
         a = self.cfg.listen_address

@@ -9,6 +9,7 @@ from pathlib import Path
 
 MIN_MEMORY_MB = 512  # below this a Debian cloud guest (cloud-init is Python) swaps itself to death
 READY_MARKER = "paygress-guest-ready"  # printed on the serial console by the guest when logins work
+SERIAL_CHARDEV = "serial0"
 _UNIX_PATH_MAX = 107  # sun_path is 108 bytes including the NUL
 
 
@@ -140,7 +141,10 @@ def build_argv(opts: QemuOptions, paths: VmPaths, spec: LaunchSpec) -> list[str]
         "-device", "virtio-net-pci,netdev=net0",
         # -nographic cannot be combined with -daemonize (§8 item 16): redirect each channel explicitly
         "-display", "none",
-        "-serial", f"file:{paths.serial}",
+        # the serial log carries the readiness marker; it is a named chardev so the backend can switch
+        # it to "null" once the guest is ready (a tenant writing to ttyS0 must not fill the host's disk)
+        "-chardev", f"file,id={SERIAL_CHARDEV},path={paths.serial}",
+        "-serial", f"chardev:{SERIAL_CHARDEV}",
         "-monitor", "none",
         "-qmp", f"unix:{paths.qmp},server=on,wait=off",
         "-pidfile", str(paths.pidfile),

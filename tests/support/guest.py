@@ -97,7 +97,7 @@ def ssh_run(host: str, port: int, user: str, password: str, cmd: str, *, deadlin
     """
     argv = ["sshpass", "-e", "ssh", "-q", "-o", "StrictHostKeyChecking=no", "-o", "UserKnownHostsFile=/dev/null",
             "-o", "PubkeyAuthentication=no", "-o", "PreferredAuthentications=password,keyboard-interactive",
-            "-o", f"ConnectTimeout={connect_timeout}", "-o", "NumberOfPasswordPrompts=1",
+            "-o", f"ConnectTimeout={connect_timeout}",
             "-o", "LogLevel=ERROR", "-p", str(port), f"{user}@{host}", cmd]
     env = dict(os.environ, SSHPASS=password)
     end = time.monotonic() + deadline
