@@ -203,7 +203,14 @@ class PaymentService:
         try:
             keep, _send = await w.split(proofs=proofs, amount=0)
         except Exception as exc:
-            raise _classify(exc, swap_sent=True) from None
+            if not (str(exc).startswith("Mint Error:") and "keyset" in str(exc).lower()):
+                raise _classify(exc, swap_sent=True) from None
+            # The mint refused (so spent nothing), e.g. our output keyset was rotated: refresh, retry once.
+            try:
+                await self._refresh(w)
+                keep, _send = await w.split(proofs=proofs, amount=0)
+            except Exception as exc2:
+                raise _classify(exc2, swap_sent=True) from None
         received = int(ns.sum_proofs(keep))
         msats = unit_to_msats(received, tok.unit)
         assert msats is not None  # unit was checked offline
