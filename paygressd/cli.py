@@ -48,9 +48,10 @@ def cmd_keygen(args: argparse.Namespace) -> int:
 
 
 def cmd_run(args: argparse.Namespace) -> int:
-    load_checked_config(args)
-    print("paygressd: the daemon loop is not built yet (provider core issue)", file=sys.stderr)
-    return 1
+    cfg = load_checked_config(args)
+    from paygressd.daemon import run_daemon
+
+    return run_daemon(cfg, log_level=args.log_level)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -86,7 +87,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 def _extensions() -> list[Callable[[argparse._SubParsersAction[argparse.ArgumentParser]], None]]:
     """Subcommands owned by other areas register themselves here."""
-    return []
+    from paygressd.payments.cli import register as wallet
+
+    return [wallet]
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -122,7 +122,12 @@ def _m2(db: sqlite3.Connection) -> None:
     db.execute("ALTER TABLE leases ADD COLUMN guest_user TEXT")
 
 
-MIGRATIONS: list[Callable[[sqlite3.Connection], None]] = [_m1, _m2]
+def _m3(db: sqlite3.Connection) -> None:
+    # The raw token, kept only while the swap outcome is unknown, so a crash mid-swap can be recovered.
+    db.execute("ALTER TABLE redemptions ADD COLUMN pending_token TEXT")
+
+
+MIGRATIONS: list[Callable[[sqlite3.Connection], None]] = [_m1, _m2, _m3]
 
 
 class Store:
@@ -290,24 +295,33 @@ class Store:
     # ------------------------------------------------------------ redemption journal
 
     def journal_open(
-        self, request_event_id: str, requester: str, scheme: str, purpose: str, mint: str, token_hash: str
+        self, request_event_id: str, requester: str, scheme: str, purpose: str, mint: str, token_hash: str,
+        pending_token: str | None = None,
     ) -> int:
+        """Record a redemption about to start. ``pending_token`` is kept until the swap outcome is known."""
         now = int(time.time())
         with self._tx() as db:
             cur = db.execute(
                 "INSERT INTO redemptions (request_event_id, requester, scheme, purpose, mint, token_hash, state,"
-                " created_at, updated_at) VALUES (?, ?, ?, ?, ?, ?, 'received', ?, ?)",
-                (request_event_id, requester, scheme, purpose, mint, token_hash, now, now),
+                " created_at, updated_at, pending_token) VALUES (?, ?, ?, ?, ?, ?, 'received', ?, ?, ?)",
+                (request_event_id, requester, scheme, purpose, mint, token_hash, now, now, pending_token),
             )
             return int(cur.lastrowid or 0)
 
+    def journal_pending_token(self, journal_id: int) -> str | None:
+        with self._lock:
+            row = self._db.execute("SELECT pending_token FROM redemptions WHERE id = ?", (journal_id,)).fetchone()
+        return None if row is None else row[0]
+
     def journal_redeemed(self, journal_id: int, amount_msats: int, unit: str) -> None:
         with self._tx() as db:
-            self._set_journal(db, journal_id, JournalState.REDEEMED, amount_msats=amount_msats, unit=unit)
+            self._set_journal(
+                db, journal_id, JournalState.REDEEMED, amount_msats=amount_msats, unit=unit, pending_token=None
+            )
 
     def journal_failed(self, journal_id: int) -> None:
         with self._tx() as db:
-            self._set_journal(db, journal_id, JournalState.FAILED)
+            self._set_journal(db, journal_id, JournalState.FAILED, pending_token=None)
 
     def journal_fulfilled(self, journal_id: int, lease_id: int) -> None:
         with self._tx() as db:
