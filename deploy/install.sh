@@ -345,8 +345,8 @@ fi
 ensure_attr "$CONFIG" 0640 "0:$SVC_GID"
 
 # Validate what the daemon will read: the config schema, and the key (read from its on-disk path, since the
-# credential copy only exists while the service runs).
-if [ "$DRY" = 0 ] && [ -x "$VPY" ]; then
+# credential copy only exists while the service runs). Read-only, so --dry-run does it too: that is the check.
+if [ -x "$VPY" ] && [ -f "$CONFIG" ] && [ -f "$KEY" ]; then
   "$VPY" - "$CONFIG" "$KEY" <<'PY' || die "the installed config or key does not validate (see above)"
 import sys
 from pathlib import Path

@@ -283,3 +283,15 @@ def test_pip_install_into_a_fresh_venv_and_upgrade(tmp_path: Path) -> None:
     )
     assert probe.stdout.strip() == "1", probe.stderr
     assert {p: (root / p).read_bytes() for p in kept} == kept
+
+
+def test_dry_run_is_the_operator_check(tmp_path: Path) -> None:
+    # `install.sh --dry-run` on an installed system validates config and key without changing anything.
+    install(tmp_path, "--skip-image")
+    assert "config ok" in install(tmp_path, "--skip-image", "--dry-run")
+    config = tmp_path / "etc/paygressd/config.toml"
+    config.write_text(config.read_text() + "\n[bogus]\nx = 1\n")
+    before = snapshot(tmp_path)
+    err = failing_install(tmp_path, "--venv-from", str(TEST_VENV), "--skip-image", "--dry-run")
+    assert "bogus: unknown key" in err
+    assert snapshot(tmp_path) == before
