@@ -346,8 +346,11 @@ ensure_attr "$CONFIG" 0640 "0:$SVC_GID"
 
 # Validate what the daemon will read: the config schema, and the key (read from its on-disk path, since the
 # credential copy only exists while the service runs). Read-only, so --dry-run does it too: that is the check.
+PLACEHOLDER_IP=0
 if [ -x "$VPY" ] && [ -f "$CONFIG" ] && [ -f "$KEY" ]; then
-  "$VPY" - "$CONFIG" "$KEY" <<'PY' || die "the installed config or key does not validate (see above)"
+  rc=0
+  "$VPY" - "$CONFIG" "$KEY" <<'PY' || rc=$?
+import ipaddress
 import sys
 from pathlib import Path
 
@@ -362,7 +365,23 @@ except (ConfigError, KeyFileError) as exc:
     sys.exit(1)
 print(f"install.sh: config ok ({len(cfg.tier)} tier(s), public_ip {cfg.provider.public_ip});"
       f" provider npub {keys.public_key().to_bech32()}", file=sys.stderr)
+# The example's address is from a documentation range (RFC 5737): consumers could never connect to it.
+try:
+    example = any(ipaddress.ip_address(cfg.provider.public_ip) in ipaddress.ip_network(n)
+                  for n in ("192.0.2.0/24", "198.51.100.0/24", "203.0.113.0/24", "2001:db8::/32"))
+except ValueError:
+    example = False  # a DNS name
+if example:
+    print(f"install.sh: warning: provider.public_ip {cfg.provider.public_ip} is an example address; set your"
+          " host's address (--public-ip ADDR or edit the config); the service is not started until then",
+          file=sys.stderr)
+    sys.exit(3)
 PY
+  case "$rc" in
+    0) ;;
+    3) PLACEHOLDER_IP=1 ;;
+    *) die "the installed config or key does not validate (see above)" ;;
+  esac
 fi
 
 # ------------------------------------------------------------------ 8. unit and docs
@@ -380,7 +399,7 @@ install_file "$SRC/docs/operations.md" "$(r $OPT)/doc/operations.md" 0644 || tru
 if [ -z "$ROOT" ] && [ -d /run/systemd/system ]; then
   # systemd is PID 1 here.
   if [ "$UNIT_CHANGED" = 1 ]; then act systemctl daemon-reload; fi
-  if [ "$START" = 1 ]; then
+  if [ "$START" = 1 ] && [ "$PLACEHOLDER_IP" = 0 ]; then
     if ! systemctl is-enabled --quiet paygressd.service || ! systemctl is-active --quiet paygressd.service; then
       changed "systemctl enable --now paygressd.service"
       act systemctl enable --now paygressd.service

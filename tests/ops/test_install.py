@@ -167,22 +167,29 @@ def test_operator_edits_and_key_survive_a_rerun(tmp_path: Path) -> None:
     config = tmp_path / "etc/paygressd/config.toml"
     key = tmp_path / "etc/paygressd/nostr.key"
     ip = load_config(config).provider.public_ip
-    edited = config.read_text().replace(f'public_ip = "{ip}"', 'public_ip = "198.51.100.7"')
+    edited = config.read_text().replace(f'public_ip = "{ip}"', 'public_ip = "192.168.77.7"')
     config.write_text(edited)
     secret = key.read_bytes()
     key.chmod(0o644)  # an operator's slip: the next run must close it again, not replace the key
     log = install(tmp_path, "--skip-image")
     assert config.read_text() == edited
-    assert load_config(config).provider.public_ip == "198.51.100.7"
+    assert load_config(config).provider.public_ip == "192.168.77.7"
     assert key.read_bytes() == secret
     assert stat.S_IMODE(key.stat().st_mode) == 0o600
     assert "done: 1 change(s)" in log
 
 
+def test_example_public_ip_is_flagged(installed: tuple[Path, str]) -> None:
+    # The example config's address (a documentation range) would be published to consumers: say so.
+    _, log = installed
+    assert "is an example address" in log
+
+
 def test_public_ip_and_mini_flavour(tmp_path: Path) -> None:
-    install(tmp_path, "--skip-image", "--flavour", "mini", "--public-ip", "192.0.2.44")
+    log = install(tmp_path, "--skip-image", "--flavour", "mini", "--public-ip", "192.168.77.44")
+    assert "example address" not in log
     cfg = load_config(tmp_path / "etc/paygressd/config.toml")
-    assert cfg.provider.public_ip == "192.0.2.44"
+    assert cfg.provider.public_ip == "192.168.77.44"
     assert cfg.kvm.base_image == Path("/var/lib/paygressd/images/base-mini.qcow2")
     assert cfg.kvm.initrd == Path("/var/lib/paygressd/images/mini-initrd.gz")
     assert cfg.kvm.kernel == Path("/var/lib/paygressd/images/vmlinuz")
