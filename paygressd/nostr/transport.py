@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import time
 from collections import OrderedDict
 from collections.abc import AsyncIterator, Callable
@@ -128,6 +129,7 @@ class NostrTransport:
         gift_wrap_lookback: int = GIFT_WRAP_LOOKBACK,
         probe_interval: float = 60.0,
         probe_timeout: float = 15.0,
+        catch_up_interval: float = 30.0,
         tick: float = 1.0,
         retry_interval: float = 5.0,
         connect_wait: float = 5.0,
@@ -151,6 +153,7 @@ class NostrTransport:
         self.gift_wrap_lookback = max(gift_wrap_lookback, dm_lookback)
         self.probe_interval = probe_interval
         self.probe_timeout = probe_timeout
+        self.catch_up_interval = catch_up_interval
         self.tick = tick
         self.retry_interval = max(5.0, retry_interval)  # nostr-sdk refuses less than 5 s
         self.connect_wait = connect_wait
@@ -164,7 +167,7 @@ class NostrTransport:
         self._tracks: dict[str, _Track] = {
             u: _Track(url=u, sub_id=f"paygressd-inbox-{i}") for i, u in enumerate(self._urls)
         }
-        self._raw: asyncio.Queue[tuple[str, Event]] = asyncio.Queue(maxsize=raw_queue_size)
+        self._raw: asyncio.Queue[tuple[str, dict[str, Any]]] = asyncio.Queue(maxsize=raw_queue_size)
         self._inbound: asyncio.Queue[Inbound | None] = asyncio.Queue(maxsize=inbound_queue_size)
         self._seen = _LRU(seen_cache_size)
         self._client: Any = None
@@ -173,12 +176,14 @@ class NostrTransport:
         self._overflowed = False
         self._last_catch_up = 0.0
         self._last_probe = 0.0
+        self._last_fetch = 0.0
+        self._fetching: asyncio.Task[None] | None = None
         self._last_prune = 0.0
         self._closed = False
         self.stats: dict[str, int] = {
             "events": 0, "duplicates": 0, "oversized": 0, "overflow_dropped": 0, "invalid": 0,
             "undecryptable": 0, "forged": 0, "too_old": 0, "own": 0, "already_processed": 0, "accepted": 0,
-            "resubscribes": 0, "reconnects": 0, "probe_misses": 0,
+            "resubscribes": 0, "reconnects": 0, "probe_misses": 0, "catch_up_fetches": 0, "recovered": 0,
         }
 
     @classmethod
@@ -214,6 +219,7 @@ class NostrTransport:
         self._tasks.append(asyncio.create_task(self._decode_loop(), name="nostr-decoder"))
         await self._client.connect(timedelta(seconds=self.connect_wait))
         await self._check_relays()
+        self._last_fetch = self._now()  # the subscription itself just looked back
         self._tasks.append(asyncio.create_task(self._watchdog(), name="nostr-watchdog"))
         await self._prune()
         log.info("nostr_started", pubkey=self.pubkey_hex, relays=self._urls, states=self.relay_states())
@@ -222,6 +228,8 @@ class NostrTransport:
         if self._closed:
             return
         self._closed = True
+        if self._fetching is not None:
+            self._tasks.append(self._fetching)
         for task in [*self._tasks, *self._fills]:
             task.cancel()
         for task in [*self._tasks, *self._fills]:
@@ -434,12 +442,46 @@ class NostrTransport:
             await asyncio.sleep(self.tick)
             try:
                 await self._check_relays()
+                now = self._now()
+                if now - self._last_fetch >= self.catch_up_interval and (
+                    self._fetching is None or self._fetching.done()
+                ):
+                    self._last_fetch = now
+                    self._fetching = asyncio.create_task(self._catch_up_fetch(), name="nostr-catch-up")
                 if self._now() - self._last_prune > 3600:
                     await self._prune()
             except asyncio.CancelledError:
                 raise
             except Exception:
                 log.exception("watchdog_error")
+
+    async def _catch_up_fetch(self) -> None:
+        """Re-query recent kind-4 DMs on every subscribed relay.
+
+        A relay under load may skip live deliveries to a slow subscriber (the LocalRelay does), and the
+        client's notification channel can lag: anything missed this way is picked up here within
+        ``catch_up_interval``. Already-seen ids cost one set lookup. (Gift wraps are covered by
+        resubscription only: their 2-day window is too large to re-query every few seconds.)
+        """
+        since = Timestamp.from_secs(int(self._now()) - self.dm_lookback)
+        flt = Filter().kinds([Kind(events.KIND_DM)]).pubkey(self.pubkey).since(since)
+        for track in list(self._tracks.values()):
+            if track.state != "connected" or not track.subscribed:
+                continue
+            try:
+                found = await self._client.fetch_events(
+                    ReqTarget.single(RelayUrl.parse(track.url), [flt]), timeout=timedelta(seconds=10)
+                )
+            except Exception as exc:
+                log.info("catch_up_failed", relay=track.url, error=f"{type(exc).__name__}: {exc}")
+                continue
+            self.stats["catch_up_fetches"] += 1
+            for event in found:
+                try:
+                    self._on_event_dict(track, json.loads(str(event.as_json())), live=False)
+                except (ValueError, TypeError, KeyError):
+                    continue
+                await asyncio.sleep(0)
 
     async def _prune(self) -> None:
         self._last_prune = self._now()
@@ -466,14 +508,16 @@ class NostrTransport:
                 log.exception("notification_error")
 
     def _on_message(self, url: str, message: Any) -> None:
-        msg = message.as_enum()
         track = self._tracks.get(url)
         if track is None:
             return
-        if msg.is_event_msg():
-            if msg.subscription_id == track.sub_id:
-                self._on_event(track, msg.event)
-        elif msg.is_closed():
+        # One FFI call per message, then plain Python: a flood must cost as little as possible per event.
+        text = str(message.as_json())
+        if text.startswith('["EVENT"'):
+            self._on_event(track, text)
+            return
+        msg = message.as_enum()
+        if msg.is_closed():
             if msg.subscription_id == track.sub_id:
                 reason = str(msg.message)
                 track.subscribed = False
@@ -485,24 +529,38 @@ class NostrTransport:
         elif msg.is_notice():
             log.info("relay_notice", relay=url, notice=str(msg.message)[:200])
 
-    def _on_event(self, track: _Track, event: Event) -> None:
+    def _on_event(self, track: _Track, text: str) -> None:
+        if len(text) > self.max_event_content + 4096:
+            # Far larger than any request can be: not even parsed.
+            self.stats["events"] += 1
+            self.stats["oversized"] += 1
+            return
+        try:
+            _, sub_id, event = json.loads(text)
+        except (ValueError, TypeError):
+            return
+        if sub_id != track.sub_id or not isinstance(event, dict) or "id" not in event or "kind" not in event:
+            return
         track.last_rx = self._now()
-        kind = int(event.kind().as_u16())
+        self._on_event_dict(track, event)
+
+    def _on_event_dict(self, track: _Track, event: dict[str, Any], *, live: bool = True) -> None:
+        kind, event_id = event["kind"], event["id"]
         if kind == events.KIND_PROBE:
-            event_id = str(event.id().to_hex())
             if event_id == track.probe_id:
                 track.probe_id = None
                 track.probe_misses = 0
             return
         if kind not in (events.KIND_DM, events.KIND_GIFT_WRAP):
             return
-        self.stats["events"] += 1
-        event_id = str(event.id().to_hex())
         if event_id in self._seen:
-            self.stats["duplicates"] += 1
+            if live:
+                self.stats["events"] += 1
+                self.stats["duplicates"] += 1
             return
+        self.stats["events" if live else "recovered"] += 1
         self._seen.add(event_id)
-        if len(event.content()) > self.max_event_content:
+        if len(event.get("content", "")) > self.max_event_content:
             self.stats["oversized"] += 1
             return
         try:
@@ -519,7 +577,7 @@ class NostrTransport:
             try:
                 inbound = self._decode(event)
             except Exception:
-                log.exception("decode_error", event_id=str(event.id().to_hex()))
+                log.exception("decode_error", event_id=str(event.get("id")))
                 inbound = None
             if inbound is not None:
                 fresh = await asyncio.to_thread(self.store.claim_event, inbound.event_id, int(self._now()))
@@ -531,33 +589,37 @@ class NostrTransport:
             # Let replies and the reader run between two decryptions during a flood.
             await asyncio.sleep(0)
 
-    def _addressed_to_us(self, event: Event) -> bool:
-        for tag in event.tags():
-            values = tag.to_vec()
-            if len(values) >= 2 and values[0] == "p" and values[1] == self.pubkey_hex:
-                return True
-        return False
-
-    def _decode(self, event: Event) -> Inbound | None:
-        event_id = str(event.id().to_hex())
-        if not event.verify() or not self._addressed_to_us(event):
+    def _decode(self, raw: dict[str, Any]) -> Inbound | None:
+        """Cheap checks in Python first, then signature, then decryption; None drops the event silently."""
+        event_id = str(raw["id"])
+        tags = raw.get("tags")
+        addressed = isinstance(tags, list) and any(
+            isinstance(t, list) and len(t) >= 2 and t[0] == "p" and t[1] == self.pubkey_hex for t in tags
+        )
+        author, created_at, content = raw.get("pubkey"), raw.get("created_at"), raw.get("content")
+        if not addressed or not isinstance(author, str) or not isinstance(created_at, int) or not isinstance(
+            content, str
+        ):
             self.stats["invalid"] += 1
             return None
         horizon = int(self._now()) - self.dm_lookback
-        if int(event.kind().as_u16()) == events.KIND_DM:
-            author = str(event.author().to_hex())
+        kind = raw["kind"]
+        if kind == events.KIND_DM:
             if author == self.pubkey_hex:
                 self.stats["own"] += 1
                 return None
-            created_at = int(event.created_at().as_secs())
             if created_at < horizon:
                 self.stats["too_old"] += 1
                 return None
+        event = Event.from_json(json.dumps(raw))
+        if not event.verify():
+            self.stats["invalid"] += 1
+            return None
+        if kind == events.KIND_DM:
             try:
-                text = str(nip04_decrypt(self.keys.secret_key(), event.author(), event.content()))
+                text = str(nip04_decrypt(self.keys.secret_key(), event.author(), content))
             except Exception:
                 self.stats["undecryptable"] += 1
-                log.debug("undecryptable", event_id=event_id, scheme="nip04")
                 return None
             return Inbound(event_id=event_id, requester=author, scheme="nip04", created_at=created_at, content=text)
         try:
@@ -569,26 +631,26 @@ class NostrTransport:
                 log.warning("forged_rumor_dropped", event_id=event_id)
             else:
                 self.stats["undecryptable"] += 1
-                log.debug("undecryptable", event_id=event_id, scheme="nip17")
             return None
         rumor = gift.rumor()
         if int(rumor.kind().as_u16()) != events.KIND_PRIVATE_DM:
             self.stats["invalid"] += 1
             return None
         sender = str(gift.sender().to_hex())
-        author = str(rumor.author().to_hex())
-        if sender != author:
+        rumor_author = str(rumor.author().to_hex())
+        if sender != rumor_author:
             # The rumor is unsigned: only the seal signature authenticates the requester (§8 item 8).
             self.stats["forged"] += 1
             log.warning("forged_rumor_dropped", event_id=event_id)
             return None
-        if author == self.pubkey_hex:
+        if rumor_author == self.pubkey_hex:
             self.stats["own"] += 1
             return None
-        created_at = int(rumor.created_at().as_secs())
-        if created_at < horizon:
+        rumor_created = int(rumor.created_at().as_secs())
+        if rumor_created < horizon:
             self.stats["too_old"] += 1
             return None
         return Inbound(
-            event_id=event_id, requester=author, scheme="nip17", created_at=created_at, content=str(rumor.content())
+            event_id=event_id, requester=rumor_author, scheme="nip17", created_at=rumor_created,
+            content=str(rumor.content()),
         )

@@ -70,6 +70,18 @@ async def test_relay_that_silently_stops_delivering_is_resubscribed(relay: TestR
         assert prov.transport.stats["probe_misses"] >= 1
 
 
+async def test_dm_missed_by_the_live_subscription_is_recovered_by_catch_up(relay: TestRelay, tmp_path: Path) -> None:
+    async with running_provider(
+        [relay.url], tmp_path / "db.sqlite3", probe_interval=1000.0, catch_up_interval=1.0
+    ) as prov:
+        # The live subscription is gone (and no probe will notice): only the periodic re-query can find the DM.
+        await prov.transport._client.unsubscribe("paygressd-inbox-0")
+        async with consumer([relay.url]) as c:
+            reply = await c.status(prov.hex, "1000", timeout=20)
+            assert isinstance(reply, StatusReply)
+        assert prov.transport.stats["recovered"] == 1
+
+
 async def test_dm_sent_while_daemon_down_is_answered_after_start(relay: TestRelay, tmp_path: Path) -> None:
     keys = Keys.generate()
     provider_hex = str(keys.public_key().to_hex())
