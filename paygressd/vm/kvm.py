@@ -23,6 +23,7 @@ from paygressd.logging import get_logger
 from paygressd.vm import host
 from paygressd.vm.accel import AccelVerdict, detect_accel, qemu_version
 from paygressd.vm.backend import (
+    Backend,
     BackendError,
     Capacity,
     CapacityError,
@@ -412,3 +413,7 @@ class KvmBackend:
         if not isinstance(value, dict):
             raise BackendError(f"{argv[0]}: unexpected output")
         return value
+
+
+def _conforms(b: KvmBackend) -> Backend:
+    return b  # mypy proves KvmBackend satisfies the Backend protocol the provider core types against
