@@ -14,6 +14,7 @@ from typing import Any
 
 from nostr_sdk import Event, Filter, Keys, Kind, PublicKey, ReqTarget, Timestamp
 
+from paygressd.config import Config
 from paygressd.consumer import Consumer
 from paygressd.nostr.inbox import Inbox
 from paygressd.nostr.transport import Inbound, NostrTransport
@@ -131,3 +132,20 @@ async def wait_for(predicate: Callable[[], bool | Awaitable[bool]], within: floa
     return False
 
 
+def make_config(tmp_path: Path, relays: list[str], **provider: Any) -> Config:
+    return Config.model_validate(
+        {
+            "provider": {"public_ip": "203.0.113.7", "key_file": str(tmp_path / "key"),
+                         "state_dir": str(tmp_path / "state"), "heartbeat_interval_seconds": 1,
+                         "offer_interval_seconds": 600, **provider},
+            "nostr": {"relays": relays},
+            "cashu": {"mints": ["http://127.0.0.1:3338/"]},
+            "kvm": {"base_image": str(tmp_path / "base.qcow2"), "vm_root": str(tmp_path / "vms")},
+            "tier": [
+                {"id": "basic", "name": "Basic", "description": "1 vCPU, 1GB RAM", "cpu_millicores": 1000,
+                 "memory_mb": 1024, "rate_msats_per_sec": 50, "disk_gb": 5},
+                {"id": "standard", "name": "Standard", "description": "2 vCPU, 2GB RAM", "cpu_millicores": 2000,
+                 "memory_mb": 2048, "rate_msats_per_sec": 100},
+            ],
+        }
+    )

@@ -5,40 +5,19 @@ from __future__ import annotations
 import asyncio
 import json
 from pathlib import Path
-from typing import Any
 
 import pytest
 from nostr_sdk import Filter, Keys, Kind, ReqTarget
 
-from paygressd.config import Config
 from paygressd.consumer import resolve_provider
 from paygressd.nostr import events
 from paygressd.nostr.discovery import Discovery, StoreStats
 from paygressd.nostr.transport import NostrTransport
 from paygressd.store import Store
-from tests.nostr.harness import FAST, consumer, wait_for
+from tests.nostr.harness import FAST, consumer, make_config, wait_for
 from tests.support.relay import TestRelay
 
 pytestmark = pytest.mark.relay
-
-
-def make_config(tmp_path: Path, relays: list[str], **provider: Any) -> Config:
-    return Config.model_validate(
-        {
-            "provider": {"public_ip": "203.0.113.7", "key_file": str(tmp_path / "key"),
-                         "state_dir": str(tmp_path / "state"), "heartbeat_interval_seconds": 1,
-                         "offer_interval_seconds": 600, **provider},
-            "nostr": {"relays": relays},
-            "cashu": {"mints": ["http://127.0.0.1:3338/"]},
-            "kvm": {"base_image": str(tmp_path / "base.qcow2"), "vm_root": str(tmp_path / "vms")},
-            "tier": [
-                {"id": "basic", "name": "Basic", "description": "1 vCPU, 1GB RAM", "cpu_millicores": 1000,
-                 "memory_mb": 1024, "rate_msats_per_sec": 50, "disk_gb": 5},
-                {"id": "standard", "name": "Standard", "description": "2 vCPU, 2GB RAM", "cpu_millicores": 2000,
-                 "memory_mb": 2048, "rate_msats_per_sec": 100},
-            ],
-        }
-    )
 
 
 async def test_offer_listed_online_with_real_figures(relay: TestRelay, tmp_path: Path) -> None:

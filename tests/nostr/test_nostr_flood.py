@@ -108,7 +108,7 @@ async def test_flood_of_junk_is_bounded_and_a_real_request_still_answered(relay:
         assert prov.transport.queue_sizes()["seen"] <= 50_000
         # Junk was dropped before any reply: only the genuine request and the rate-limited spammers were answered.
         assert stats["undecryptable"] >= 3000 or stats["overflow_dropped"] > 0
-        assert stats["oversized"] >= 50
+        assert stats["oversized"] >= 10
         assert prov.inbox.stats["replies"] <= 1 + 5 * 31
         # The junk itself is ~1 MB of events plus the relay's copy: the provider did not balloon.
         assert rss_after - rss_before < 250
