@@ -12,6 +12,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
+from paygressd import failpoints
 from paygressd.config import Config, Tier
 from paygressd.core import rules
 from paygressd.core.keys import same_key
@@ -147,6 +148,7 @@ class Provider:
             self.backend.release(reservation)
             return exc.reply
         self.store.journal_redeemed(journal_id, redeemed.msats, redeemed.unit)
+        failpoints.hit("spawn_after_redeem")
         log.info("spawn paid", event_id=msg.event_id, msats=redeemed.msats, tier=tier.id, vmid=reservation.vmid)
 
         minimum = self.config.provider.minimum_duration_seconds
