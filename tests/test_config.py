@@ -485,3 +485,20 @@ def _toml_literal(value: Any) -> str:
     if isinstance(value, bool):
         return "true" if value else "false"
     return str(value)
+
+
+def test_systemd_credential_may_be_group_readable(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """systemd ≥ 254 hands credentials over with an ACL, which stat shows as 0440; others still refused."""
+    creds = tmp_path / "creds"
+    creds.mkdir()
+    key = creds / "nostr.key"
+    keys = Keys.generate()
+    key.write_text(keys.secret_key().to_bech32())
+    key.chmod(0o440)
+    with pytest.raises(KeyFileError):
+        load_keys(key)  # outside a credentials directory, group-readable is refused
+    monkeypatch.setenv("CREDENTIALS_DIRECTORY", str(creds))
+    assert load_keys(key).public_key().to_hex() == keys.public_key().to_hex()
+    key.chmod(0o444)
+    with pytest.raises(KeyFileError):
+        load_keys(key)

@@ -19,7 +19,11 @@ def load_keys(path: Path) -> Keys:
         st = path.stat()
     except OSError as exc:
         raise KeyFileError(f"{path}: cannot read key file: {exc.strerror or exc}") from exc
-    if st.st_mode & (stat.S_IRWXG | stat.S_IRWXO):
+    forbidden = stat.S_IRWXG | stat.S_IRWXO
+    if _is_systemd_credential(path):
+        # Newer systemd grants the service read access to credentials by ACL, which shows as group read.
+        forbidden &= ~stat.S_IRGRP
+    if st.st_mode & forbidden:
         raise KeyFileError(
             f"{path}: key file mode is {stat.S_IMODE(st.st_mode):04o}; it must not be group- or "
             f"world-accessible (chmod 600 {path})"
@@ -32,6 +36,11 @@ def load_keys(path: Path) -> Keys:
         return Keys.parse(text)
     except Exception as exc:
         raise KeyFileError(f"{path}: not an nsec or 64-hex secret key") from exc
+
+
+def _is_systemd_credential(path: Path) -> bool:
+    creds = os.environ.get("CREDENTIALS_DIRECTORY")
+    return creds is not None and path.parent.resolve() == Path(creds).resolve()
 
 
 def write_new_key(path: Path) -> Keys:
