@@ -1,0 +1,1 @@
+"""Operator commands: ``paygressd check`` (preflight), ``paygressd leases``, and the optional metrics endpoint."""
