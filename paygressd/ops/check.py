@@ -377,8 +377,8 @@ def _os_error(exc: BaseException) -> str:
 def _httpx_error(exc: httpx.HTTPError) -> str:
     cause: BaseException | None = exc
     while cause is not None:
-        if isinstance(cause, OSError) and cause.strerror:
-            return cause.strerror
+        if isinstance(cause, OSError) and (cause.errno or cause.strerror):
+            return _os_error(cause)
         cause = cause.__cause__ or cause.__context__
     return str(exc) or type(exc).__name__
 
