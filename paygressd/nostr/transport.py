@@ -66,6 +66,8 @@ Scheme = Literal["nip04", "nip17"]
 GIFT_WRAP_LOOKBACK = 2 * 86400 + 3600
 # A paygress request is < 64 KiB of JSON (wire.dispatch); its NIP-04/NIP-44 ciphertext is < 100 000 chars.
 MAX_EVENT_CONTENT = 100_000
+# Events being re-sent in the background to relays that missed them (each holds one small event).
+MAX_PENDING_FILLS = 1000
 
 
 @dataclass(frozen=True)
@@ -304,14 +306,28 @@ class NostrTransport:
             return [], {"*": f"{type(exc).__name__}: {exc}"}
         return [str(u) for u in out.success], {str(u): str(m) for u, m in out.failed.items()}
 
+    def _connected_urls(self) -> list[str]:
+        out = []
+        for track in self._tracks.values():
+            try:
+                if track.relay is not None and str(track.relay.status().name).lower() == "connected":
+                    out.append(track.url)
+            except Exception:
+                continue
+        return out
+
     async def _send(self, event: Event, *, what: str) -> bool:
+        """Send to the relays connected right now (a relay that is still connecting would hold the reply
+        back until its OK timeout); relays that miss it get the same event later, in the background."""
         event_id = str(event.id().to_hex())
         delay = self.send_backoff
         for attempt in range(1, self.send_attempts + 1):
-            ok, failed = await self._send_once(event)
+            targets = self._connected_urls()
+            ok, failed = await self._send_once(event, targets) if targets else ([], {"*": "no relay connected"})
             if ok:
-                if failed:
-                    self._spawn_fill(event, list(failed))
+                missing = [u for u in self._urls if u not in ok]
+                if missing:
+                    self._spawn_fill(event, missing)
                 log.debug("sent", what=what, event_id=event_id, relays=ok, attempt=attempt)
                 return True
             log.warning("send_failed", what=what, event_id=event_id, attempt=attempt, failed=failed)
@@ -322,20 +338,21 @@ class NostrTransport:
 
     def _spawn_fill(self, event: Event, urls: list[str]) -> None:
         """Best effort: also deliver the same event to relays that missed it (the consumer may read only those)."""
-        urls = [u for u in urls if u in self._tracks]
-        if not urls or self._closed:
+        if not urls or self._closed or len(self._fills) >= MAX_PENDING_FILLS:
             return
         task = asyncio.create_task(self._fill(event, urls))
         self._fills.add(task)
         task.add_done_callback(self._fills.discard)
 
     async def _fill(self, event: Event, urls: list[str]) -> None:
-        for delay in (2.0, 5.0, 15.0, 30.0):
+        for delay in (2.0, 5.0, 15.0, 30.0, 60.0, 120.0):
             await asyncio.sleep(delay)
-            ready = [u for u in urls if self._tracks[u].state == "connected"]
+            connected = self._connected_urls()
+            ready = [u for u in urls if u in connected]
             if not ready:
                 continue
-            ok, _ = await self._send_once(event, ready)
+            ok, failed = await self._send_once(event, ready)
+            log.info("resent_to_missed_relays", event_id=str(event.id().to_hex()), relays=ok, failed=failed)
             urls = [u for u in urls if u not in ok]
             if not urls:
                 return
@@ -357,6 +374,11 @@ class NostrTransport:
         ]
 
     async def _subscribe(self, track: _Track) -> None:
+        # nostr-sdk re-sends its own copy of the subscription on reconnect (with the original look-back) and
+        # refuses a second one with the same id: replace it with a fresh window.
+        if await self._client.subscription(track.sub_id):
+            with contextlib.suppress(Exception):
+                await self._client.unsubscribe(track.sub_id)
         try:
             out = await self._client.subscribe(
                 ReqTarget.single(RelayUrl.parse(track.url), self._filters()), id=track.sub_id

@@ -168,3 +168,23 @@ async def test_rate_limit_sends_exactly_one_error_then_silence(relay: TestRelay,
         assert len(statuses) == 3
         assert [r.error_type for r in refusals] == ["rate_limited"]
         assert len(prov.handler.calls) == 3
+
+
+async def test_reply_reaches_a_relay_that_was_down_when_it_was_sent(
+    relay: TestRelay, relay2: TestRelay, tmp_path: Path
+) -> None:
+    async with running_provider([relay.url, relay2.url], tmp_path / "db.sqlite3") as prov:
+        await relay2.stop()
+        assert await wait_for(lambda: prov.transport.relay_states()[relay2.url] != "connected", 10)
+        async with consumer([relay.url]) as c:
+            started = int(time.time())
+            assert isinstance(await c.status(prov.hex, "1000", timeout=15), StatusReply)
+            [reply] = await provider_dms_to(c, prov.hex, started - 5)
+        await relay2.start()
+        # Reading only the second relay, the same reply event shows up once that relay is back.
+        async with consumer([relay2.url], keys=c.keys) as same_consumer_elsewhere:
+            async def on_second() -> bool:
+                found = await provider_dms_to(same_consumer_elsewhere, prov.hex, started - 5)
+                return [str(e.id().to_hex()) for e in found] == [str(reply.id().to_hex())]
+
+            assert await wait_for(on_second, 40, interval=1.0)
