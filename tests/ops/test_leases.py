@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import asyncio
 import json
 from pathlib import Path
 
@@ -13,6 +14,10 @@ from paygressd.config import Config, load_config
 from paygressd.ops import leases
 from paygressd.ops.cli import register
 from paygressd.store import Store
+from paygressd.vm.backend import VmRequest
+from paygressd.vm.kvm import KvmBackend
+from paygressd.vm.qemu import VmPaths
+from tests.support.guest import kvm_section, missing_reason, ssh_run
 
 NOW = 1_800_000_000
 
@@ -128,3 +133,48 @@ def test_command_table_and_no_database(tmp_path: Path, capsys: pytest.CaptureFix
     Store(cfg.db_path).close()
     assert args.func(args) == 0
     assert capsys.readouterr().out == "no active leases\n"
+
+
+@pytest.mark.vm
+async def test_a_real_guest_shows_running_and_listing_leaves_it_alone(tmp_path: Path) -> None:
+    """Boot the mini guest, list it: "starting" then "running"; the listing must not mute its serial console
+    (that is the daemon's job, done over QMP): a line the guest writes to ttyS0 afterwards still arrives."""
+    why = missing_reason("mini")
+    if why is not None:
+        pytest.skip(why)
+    base = _config(tmp_path)
+    kvm = kvm_section("mini", base.kvm.vm_root)
+    cfg = base.model_copy(update={"kvm": kvm})
+    backend = KvmBackend(kvm)
+    try:
+        await backend.start()
+        r = backend.reserve(1000, 256, 1)
+        await backend.create(VmRequest(r, "Mini7Guest4Pass9x", None))
+        store = Store(cfg.db_path)
+        store.insert_lease(r.vmid, r.port, Keys.generate().public_key().to_hex(), "basic", NOW, NOW + 600)
+        store.close()
+
+        seen: list[str] = []
+        loop = asyncio.get_running_loop()
+        end = loop.time() + 90
+        while loop.time() < end:
+            (row,) = await leases.collect(cfg, now=NOW)
+            if not seen or seen[-1] != row.state:
+                seen.append(row.state)
+            if row.state == "running":
+                break
+            await asyncio.sleep(0.5)
+        assert seen[-1] == "running", seen
+        assert set(seen) <= {"starting", "running"}
+
+        serial = VmPaths.for_vm(kvm.vm_root, r.vmid).serial
+        proc = await asyncio.to_thread(ssh_run, "127.0.0.1", r.port, "root", "Mini7Guest4Pass9x",
+                                       "echo still-unmuted > /dev/ttyS0", deadline=30)
+        assert proc.returncode == 0, proc.stderr
+        for _ in range(20):
+            if b"still-unmuted" in serial.read_bytes():
+                break
+            await asyncio.sleep(0.1)
+        assert b"still-unmuted" in serial.read_bytes()
+    finally:
+        await KvmBackend(kvm).reconcile([])  # removes every VM (and qemu) under vm_root
