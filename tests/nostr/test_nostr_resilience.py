@@ -188,3 +188,14 @@ async def test_reply_reaches_a_relay_that_was_down_when_it_was_sent(
                 return [str(e.id().to_hex()) for e in found] == [str(reply.id().to_hex())]
 
             assert await wait_for(on_second, 40, interval=1.0)
+
+
+async def test_connection_reset_after_thousands_of_sent_events_is_survived(relay: TestRelay, tmp_path: Path) -> None:
+    """The LocalRelay resets a connection after ~6000 events; a long-lived daemon sends that many over days."""
+    async with running_provider([relay.url], tmp_path / "db.sqlite3") as prov:
+        batch = [events.sign(prov.keys, 20999, str(i), [["t", "noise"]]) for i in range(6500)]
+        for start in range(0, len(batch), 250):
+            await asyncio.gather(*(prov.transport._send_once(e) for e in batch[start:start + 250]))
+        async with consumer([relay.url]) as c:
+            assert isinstance(await c.status(prov.hex, "1000", timeout=30), StatusReply)
+        assert prov.transport.stats["resubscribes"] >= 2  # the reset happened and was recovered from
