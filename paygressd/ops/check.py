@@ -288,13 +288,15 @@ def check_disk(vm_root: Path, tiers: Sequence[Tier], base_virtual_bytes: int = 0
 # ---------------------------------------------------------------------------------------------- network
 
 
-async def check_relay(url: str, within: float = NETWORK_TIMEOUT) -> CheckResult:
-    """WebSocket handshake plus one NIP-01 REQ that the relay must answer (EOSE, CLOSED, NOTICE or AUTH)."""
+async def check_relay(url: str, within: float = NETWORK_TIMEOUT, tls: ssl.SSLContext | None = None) -> CheckResult:
+    """WebSocket handshake plus one NIP-01 REQ that the relay must answer (EOSE, CLOSED, NOTICE or AUTH).
+
+    ``tls`` replaces the system trust store for wss:// (tests use their own certificate)."""
     name = f"relay {url}"
     t0 = time.monotonic()
     try:
         async with asyncio.timeout(within):
-            answer, date = await _nostr_roundtrip(url)
+            answer, date = await _nostr_roundtrip(url, tls)
     except TimeoutError:
         return fail(name, f"no answer within {within:g} s")
     except (OSError, ssl.SSLError) as exc:
@@ -306,12 +308,12 @@ async def check_relay(url: str, within: float = NETWORK_TIMEOUT) -> CheckResult:
     return ok(name, f"answered {answer} in {ms:.0f} ms", **facts)
 
 
-async def check_mint(url: str, within: float = NETWORK_TIMEOUT) -> CheckResult:
+async def check_mint(url: str, within: float = NETWORK_TIMEOUT, tls: ssl.SSLContext | None = None) -> CheckResult:
     """GET <mint>/v1/keysets (NUT-02): reachable, and at least one active keyset in a unit we take."""
     name = f"mint {url}"
     t0 = time.monotonic()
     try:
-        async with httpx.AsyncClient(timeout=within, follow_redirects=False) as client:
+        async with httpx.AsyncClient(timeout=within, follow_redirects=False, verify=tls or True) as client:
             resp = await client.get(f"{url}/v1/keysets")
     except httpx.TimeoutException:
         return fail(name, f"no answer within {within:g} s")
@@ -367,6 +369,10 @@ def _clock_fact(date_header: str | None, t0: float) -> dict[str, float]:
 
 
 def _os_error(exc: BaseException) -> str:
+    if isinstance(exc, ssl.SSLCertVerificationError):
+        return f"TLS certificate not accepted: {exc.verify_message}"
+    if isinstance(exc, ssl.SSLError):
+        return f"TLS error: {exc.reason or exc}"  # its errno is OpenSSL's, not an OS one
     if isinstance(exc, OSError) and exc.errno:
         return os.strerror(exc.errno)  # asyncio's strerror is "Connect call failed (...)"; say why instead
     if isinstance(exc, OSError) and exc.strerror:
@@ -387,7 +393,7 @@ class ProtocolError(Exception):
     """The peer answered, but not as a Nostr relay would."""
 
 
-async def _nostr_roundtrip(url: str) -> tuple[str, str | None]:
+async def _nostr_roundtrip(url: str, tls: ssl.SSLContext | None = None) -> tuple[str, str | None]:
     """Open a WebSocket (RFC 6455, by hand: no extra dependency), send one REQ, wait for the relay's reply.
 
     Returns the reply's type and the handshake's Date header (None when the relay sends none).
@@ -396,7 +402,7 @@ async def _nostr_roundtrip(url: str) -> tuple[str, str | None]:
     secure = parts.scheme == "wss"
     hostname = parts.hostname or ""
     port = parts.port or (443 if secure else 80)
-    ctx = ssl.create_default_context() if secure else None
+    ctx = (tls or ssl.create_default_context()) if secure else None
     reader, writer = await asyncio.open_connection(hostname, port, ssl=ctx,
                                                    server_hostname=hostname if secure else None)
     try:

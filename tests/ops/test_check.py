@@ -9,6 +9,8 @@ import argparse
 import asyncio
 import os
 import socket
+import ssl
+import subprocess
 import time
 from collections.abc import AsyncIterator, Iterator
 from datetime import UTC, datetime
@@ -299,6 +301,65 @@ async def test_mint_unreachable_or_without_keysets(closed_port: int, relay: Test
             assert r.failed and expect in r.detail, r.detail
         finally:
             server.close()
+
+
+@pytest.fixture
+def tls(tmp_path: Path) -> tuple[ssl.SSLContext, ssl.SSLContext]:
+    """(server, client) contexts for a throw-away self-signed certificate for 127.0.0.1."""
+    cert, key = tmp_path / "cert.pem", tmp_path / "key.pem"
+    subprocess.run(["openssl", "req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1",
+                    "-nodes", "-keyout", str(key), "-out", str(cert), "-days", "1", "-subj", "/CN=127.0.0.1",
+                    "-addext", "subjectAltName=IP:127.0.0.1"], check=True, capture_output=True)
+    server = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    server.load_cert_chain(cert, key)
+    return server, ssl.create_default_context(cafile=str(cert))
+
+
+async def _tls_proxy(ctx: ssl.SSLContext, upstream_port: int) -> asyncio.Server:
+    """TLS in front of a loopback port, as nginx is in front of most relays and mints."""
+
+    async def pump(src: asyncio.StreamReader, dst: asyncio.StreamWriter) -> None:
+        try:
+            while data := await src.read(65536):
+                dst.write(data)
+                await dst.drain()
+        except (OSError, ssl.SSLError):
+            pass
+        finally:
+            dst.close()
+
+    async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        try:
+            up_reader, up_writer = await asyncio.open_connection("127.0.0.1", upstream_port)
+        except OSError:
+            writer.close()
+            return
+        await asyncio.gather(pump(reader, up_writer), pump(up_reader, writer))
+
+    return await asyncio.start_server(handle, "127.0.0.1", 0, ssl=ctx)
+
+
+@module_loop
+async def test_wss_relay_and_https_mint(relay: TestRelay, mint: MintProcess,
+                                        tls: tuple[ssl.SSLContext, ssl.SSLContext]) -> None:
+    server_ctx, client_ctx = tls
+    relay_tls = await _tls_proxy(server_ctx, relay.port)
+    mint_tls = await _tls_proxy(server_ctx, mint.port)
+    try:
+        wss = f"wss://127.0.0.1:{relay_tls.sockets[0].getsockname()[1]}"
+        https = f"https://127.0.0.1:{mint_tls.sockets[0].getsockname()[1]}"
+        r = await check.check_relay(wss, tls=client_ctx)
+        assert r.status is Status.OK and "answered EOSE" in r.detail, r.detail
+        r = await check.check_mint(https, tls=client_ctx)
+        assert r.status is Status.OK and "active keyset(s) (sat)" in r.detail, r.detail
+        # the system trust store does not know this certificate: both say so in words
+        r = await check.check_relay(wss)
+        assert r.failed and "TLS certificate not accepted: self-signed certificate" in r.detail, r.detail
+        r = await check.check_mint(https)
+        assert r.failed and "TLS certificate not accepted: self-signed certificate" in r.detail, r.detail
+    finally:
+        relay_tls.close()
+        mint_tls.close()
 
 
 def test_clock() -> None:
