@@ -129,6 +129,11 @@ class Metrics:
         labels): number} for a labelled gauge. Replaces values set with ``set``."""
         self._family(name, "gauge").fn = fn
 
+    def counter_fn(self, name: str, fn: GaugeFn) -> None:
+        """Read this counter from ``fn()`` at every scrape, for a count kept durably elsewhere (the store's
+        counters survive restarts). Replaces ``inc``; ``fn`` must never go down."""
+        self._family(name, "counter").fn = fn
+
     def _family(self, name: str, kind: Kind) -> _Family:
         fam = self._families.get(name)
         if fam is None:
@@ -214,6 +219,18 @@ def _fmt(v: float) -> str:
     if v.is_integer() and abs(v) < 1e15:
         return str(int(v))
     return repr(v)
+
+
+def spawn_outcome(reply: object) -> str:
+    """The ``outcome`` label for a spawn's reply: created (access details sent), refunded (we had redeemed the
+    token and gave it back) or refused (no money kept: rejected before or at redemption)."""
+    from paygressd.wire.models import AccessDetails, ErrorReply
+
+    if isinstance(reply, AccessDetails):
+        return "created"
+    if isinstance(reply, ErrorReply) and reply.refund_token:
+        return "refunded"
+    return "refused"
 
 
 # ---------------------------------------------------------------------------------------------- HTTP

@@ -4,11 +4,22 @@ from __future__ import annotations
 
 import asyncio
 import socket
+from pathlib import Path
 
 import httpx
 import pytest
 
-from paygressd.ops.metrics import CONTENT_TYPE, Metrics, MetricsConfigError, parse_listen, serve_metrics
+from paygressd.ops.metrics import (
+    CONTENT_TYPE,
+    Metrics,
+    MetricsConfigError,
+    parse_listen,
+    serve_metrics,
+    spawn_outcome,
+)
+from paygressd.store import Store
+from paygressd.wire import errors
+from paygressd.wire.models import AccessDetails
 
 EMPTY = """\
 # HELP paygressd_spawns_total Spawn requests answered, by outcome.
@@ -77,6 +88,27 @@ def test_gauge_functions_are_read_at_every_scrape() -> None:
     assert 'paygressd_relay_connected{relay="wss://r2"} 0\n' in m.render()
     state["wss://r2"] = True
     assert 'paygressd_relay_connected{relay="wss://r2"} 1\n' in m.render()
+
+
+def test_refunds_counted_durably_from_the_store(tmp_path: Path) -> None:
+    store = Store(tmp_path / "db.sqlite3")
+    m = Metrics()
+    m.counter_fn("paygressd_refunds_paid_total", lambda: store.counter("refunds_paid"))
+    assert "paygressd_refunds_paid_total 0\n" in m.render()
+    store.add_counter("refunds_paid", 2)
+    assert "paygressd_refunds_paid_total 2\n" in m.render()
+    store.close()
+
+
+def test_spawn_outcome_labels() -> None:
+    details = AccessDetails(pod_npub="npub1x", node_port=31000, expires_at="2027-01-01T00:00:00+00:00",
+                            cpu_millicores=1000, memory_mb=512, pod_spec_name="Basic", pod_spec_description="d",
+                            instructions=["ssh root@127.0.0.1 -p 31000"])
+    assert spawn_outcome(details) == "created"
+    refused = errors.token_already_spent()
+    assert spawn_outcome(refused) == "refused"
+    assert spawn_outcome(refused.model_copy(update={"refund_token": "cashuBxyz"})) == "refunded"
+    assert spawn_outcome(object()) == "refused"
 
 
 def test_a_failing_gauge_function_does_not_break_the_scrape() -> None:
