@@ -87,9 +87,10 @@ def build_parser() -> argparse.ArgumentParser:
 
 def _extensions() -> list[Callable[[argparse._SubParsersAction[argparse.ArgumentParser]], None]]:
     """Subcommands owned by other areas register themselves here."""
+    from paygressd.ops.cli import register as ops
     from paygressd.payments.cli import register as wallet
 
-    return [wallet]
+    return [wallet, ops]
 
 
 def main(argv: Sequence[str] | None = None) -> int:

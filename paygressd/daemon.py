@@ -17,6 +17,7 @@ from paygressd.logging import get_logger, register_secret, setup_logging
 from paygressd.nostr.discovery import Discovery
 from paygressd.nostr.inbox import Inbox
 from paygressd.nostr.transport import NostrTransport
+from paygressd.ops.metrics import Metrics, parse_listen, serve_metrics
 from paygressd.payments.service import PaymentService
 from paygressd.provider.service import Provider
 from paygressd.provider.stats import ProviderStats
@@ -51,6 +52,8 @@ class Daemon:
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, self._stop.set)
 
+        if cfg.metrics.enabled:
+            parse_listen(cfg.metrics.listen)  # refuse a bad or non-loopback address before any side effect
         store = Store(cfg.db_path)
         payments = PaymentService(cfg.wallet_dir, cfg.cashu.mints)
         await payments.start()
@@ -59,7 +62,8 @@ class Daemon:
         log.info("backend ready", accel=backend.accel, isolation=backend.isolation_level)
 
         transport = NostrTransport(self.keys, cfg.nostr.relays, store)
-        provider = Provider(cfg, self.own_hex, store, payments, backend, transport)
+        metrics = Metrics()
+        provider = Provider(cfg, self.own_hex, store, payments, backend, transport, metrics=metrics)
         await provider.reconcile()
         await transport.start()
         refunded = await provider.refund_unfinished()
@@ -82,7 +86,14 @@ class Daemon:
             asyncio.create_task(discovery.run(), name="discovery"),
             asyncio.create_task(provider.expiry_loop(), name="expiry"),
         ]
-        log.info("paygressd listening", pubkey=self.own_hex, relays=cfg.nostr.relays)
+        metrics.gauge_fn("paygressd_active_leases", lambda: len(store.active_leases()))
+        metrics.counter_fn("paygressd_refunds_paid_total", lambda: store.counter("refunds_paid"))
+        metrics.gauge_fn(
+            "paygressd_relay_connected",
+            lambda: {u: float(s == "connected") for u, s in transport.relay_states().items()},
+        )
+        server = await serve_metrics(cfg.metrics.listen, metrics) if cfg.metrics.enabled else None
+        log.info("paygressd listening", pubkey=self.own_hex, relays=cfg.nostr.relays, accel=backend.accel)
         stop_wait = asyncio.create_task(self._stop.wait())
         done, _ = await asyncio.wait([stop_wait, *tasks], return_when=asyncio.FIRST_COMPLETED)
         for t in done:
@@ -96,6 +107,9 @@ class Daemon:
         for t in tasks:
             t.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
+        if server is not None:
+            server.close()
+            await server.wait_closed()
         await transport.close()
         await payments.close()
         store.close()

@@ -18,7 +18,9 @@ from paygressd.core import rules
 from paygressd.core.keys import same_key
 from paygressd.logging import forget_secret, get_logger, register_secret
 from paygressd.nostr.transport import Inbound
+from paygressd.ops.metrics import Metrics, spawn_outcome
 from paygressd.payments.errors import RedeemError
+from paygressd.payments.service import Redeemed
 from paygressd.payments.tokens import DecodedToken, decode_token
 from paygressd.provider.ports import Backend, Messenger, Payments
 from paygressd.store import JournalEntry, JournalState, Lease, Store
@@ -60,7 +62,9 @@ class Provider:
         backend: Backend,
         messenger: Messenger,
         clock: Callable[[], float] = time.time,
+        metrics: Metrics | None = None,
     ) -> None:
+        self.metrics = metrics or Metrics()
         self.config = config
         self.own_hex = own_hex
         self.store = store
@@ -83,7 +87,9 @@ class Provider:
         """One request → one reply. Never raises: an unexpected error becomes an error reply."""
         try:
             if isinstance(req, SpawnRequest):
-                return await self.spawn(msg, req)
+                reply = await self.spawn(msg, req)
+                self.metrics.count_spawn(spawn_outcome(reply))
+                return reply
             if isinstance(req, TopUpRequest):
                 return await self.topup(msg, req)
             return await self.status(msg, req)
@@ -142,7 +148,7 @@ class Provider:
             msg.event_id, msg.requester, msg.scheme, "spawn", tok.mint, tok.token_hash, pending_token=tok.raw
         )
         try:
-            redeemed = await self.payments.redeem(tok)
+            redeemed = await self._redeem(tok)
         except RedeemError as exc:
             self.store.journal_failed(journal_id)
             self.backend.release(reservation)
@@ -190,6 +196,13 @@ class Provider:
         ready = await self.backend.wait_ready(lease.vmid, budget)
         log.info("spawn done", vmid=lease.vmid, ready=ready, expires_at=lease.expires_at)
         return self._access_details(lease, tier, password, guest_user, ready)
+
+    async def _redeem(self, tok: DecodedToken) -> Redeemed:
+        started = time.monotonic()
+        try:
+            return await self.payments.redeem(tok)
+        finally:
+            self.metrics.observe_redeem(time.monotonic() - started)
 
     def _choose_tier(self, spec_id: str | None) -> Tier | ErrorReply:
         if not self.config.tier:
@@ -261,7 +274,7 @@ class Provider:
             msg.event_id, msg.requester, msg.scheme, "topup", tok.mint, tok.token_hash, pending_token=tok.raw
         )
         try:
-            redeemed = await self.payments.redeem(tok)
+            redeemed = await self._redeem(tok)
         except RedeemError as exc:
             self.store.journal_failed(journal_id)
             return exc.reply
