@@ -289,6 +289,14 @@ class NostrTransport:
     def relay_states(self) -> dict[str, str]:
         return {u: t.state for u, t in self._tracks.items()}
 
+    def relay_health(self) -> dict[str, dict[str, object]]:
+        """Per relay: connection state, whether our DM subscription is in place, probe misses, last delivery."""
+        return {
+            u: {"state": t.state, "subscribed": t.subscribed, "probe_misses": t.probe_misses,
+                "last_event_at": int(t.last_rx) if t.last_rx else None}
+            for u, t in self._tracks.items()
+        }
+
     def queue_sizes(self) -> dict[str, int]:
         return {"raw": self._raw.qsize(), "inbound": self._inbound.qsize(), "seen": len(self._seen)}
 

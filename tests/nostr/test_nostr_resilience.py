@@ -68,6 +68,7 @@ async def test_relay_that_silently_stops_delivering_is_resubscribed(relay: TestR
             reply = await c.status(prov.hex, "1000", timeout=20)
             assert isinstance(reply, StatusReply)
         assert prov.transport.stats["probe_misses"] >= 1
+        assert prov.transport.relay_health()[relay.url]["subscribed"] is True
 
 
 async def test_dm_missed_by_the_live_subscription_is_recovered_by_catch_up(relay: TestRelay, tmp_path: Path) -> None:
