@@ -87,10 +87,11 @@ def build_parser() -> argparse.ArgumentParser:
 
 def _extensions() -> list[Callable[[argparse._SubParsersAction[argparse.ArgumentParser]], None]]:
     """Subcommands owned by other areas register themselves here."""
+    from paygressd.nostr.cli import register as consumer
     from paygressd.ops.cli import register as ops
     from paygressd.payments.cli import register as wallet
 
-    return [wallet, ops]
+    return [wallet, ops, consumer]
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -165,6 +165,7 @@ class Consumer:
         self.relays = list(relays or DEFAULT_RELAYS)
         self.connect_wait = connect_wait
         self._client: Any = None
+        self._taken: set[str] = set()
 
     async def start(self) -> None:
         uniffi_set_event_loop(asyncio.get_running_loop())
@@ -229,10 +230,17 @@ class Consumer:
 
     # ------------------------------------------------------------ request / reply
 
-    async def request(self, provider_hex: str, payload_json: str, timeout: float, scheme: str = "nip04") -> str | None:  # noqa: ASYNC109
-        """Send one request DM and return the first provider DM that follows (decrypted), or None on timeout."""
+    async def request(self, provider_hex: str, payload_json: str, timeout: float, scheme: str = "nip04",  # noqa: ASYNC109
+                      lookback: int | None = None) -> str | None:
+        """Send one request DM and return the first provider DM that follows (decrypted), or None on timeout.
+
+        ``lookback=None`` is paygress-cli's rule: any provider DM from the last 60 s counts as the reply.
+        ``lookback=N`` only accepts DMs created at most N seconds before this request was sent (tests that
+        send several requests within a minute use 0, so an earlier stored reply is not taken).
+        """
         provider = PublicKey.parse(provider_hex)
         provider_hex = str(provider.to_hex())
+        sent_at = int(time.time())
         if scheme == "nip04":
             event = events.nip04_dm_event(self.keys, provider_hex, payload_json)
         else:
@@ -240,30 +248,63 @@ class Consumer:
         out = await self._client.send_event(event)
         if not out.success:
             raise ConsumerError(f"no relay accepted the request: {[str(v) for v in out.failed.values()]}")
-        return await self.wait_reply(provider_hex, timeout, scheme=scheme)
+        if lookback is None:
+            return await self.wait_reply(provider_hex, timeout, scheme=scheme)
+        # Timestamps are whole seconds: a reply to our previous request can share this second, so a reply
+        # already taken once is never taken again.
+        return await self.wait_reply(provider_hex, timeout, scheme=scheme, since=sent_at - lookback,
+                                     seen=self._taken)
 
-    async def wait_reply(self, provider_hex: str, timeout: float, scheme: str = "nip04") -> str | None:  # noqa: ASYNC109
-        now = int(time.time())
-        me = self.keys.public_key()
-        filters = [Filter().kinds([Kind(events.KIND_DM), Kind(events.KIND_GIFT_WRAP)]).pubkey(me)
-                   .since(Timestamp.from_secs(now - REPLY_LOOKBACK_SECS))]
-        if scheme != "nip04":
-            # SDK-style NIP-17: gift wraps are back-dated up to 2 days; judge freshness by the rumor instead.
-            filters.append(Filter().kinds([Kind(events.KIND_GIFT_WRAP)]).pubkey(me)
-                           .since(Timestamp.from_secs(now - 2 * 86400 - 3600)))
-        stream = self._client.notifications()
-        sub_id = f"reply-{uuid.uuid4().hex[:16]}"
-        await self._client.subscribe(ReqTarget.auto(filters), id=sub_id)
+    async def wait_reply(self, provider_hex: str, timeout: float, scheme: str = "nip04",  # noqa: ASYNC109
+                         since: int | None = None, seen: set[str] | None = None) -> str | None:
+        not_before = int(time.time()) - REPLY_LOOKBACK_SECS if since is None else since
+        stream, sub_id = await self._subscribe_replies(not_before, scheme)
         try:
-            return await asyncio.wait_for(self._first_reply(stream, sub_id, provider_hex, now), timeout)
+            return await asyncio.wait_for(self._first_reply(stream, sub_id, provider_hex, not_before, seen), timeout)
         except TimeoutError:
             return None
         finally:
             with contextlib.suppress(Exception):
                 await self._client.unsubscribe(sub_id)
 
-    async def _first_reply(self, stream: Any, sub_id: str, provider_hex: str, started: int) -> str | None:
-        seen: set[str] = set()
+    async def collect_replies(self, provider_hex: str, since: int, duration: float) -> list[str]:
+        """Every provider DM to us created since ``since``, gathered for ``duration`` seconds (tests, demo)."""
+        stream, sub_id = await self._subscribe_replies(since, "nip17")
+        found: list[str] = []
+
+        async def gather() -> None:
+            seen: set[str] = set()
+            while True:
+                text = await self._first_reply(stream, sub_id, provider_hex, since, seen)
+                if text is None:
+                    return
+                found.append(text)
+
+        try:
+            await asyncio.wait_for(gather(), duration)
+        except TimeoutError:
+            pass
+        finally:
+            with contextlib.suppress(Exception):
+                await self._client.unsubscribe(sub_id)
+        return found
+
+    async def _subscribe_replies(self, not_before: int, scheme: str) -> tuple[Any, str]:
+        me = self.keys.public_key()
+        filters = [Filter().kinds([Kind(events.KIND_DM), Kind(events.KIND_GIFT_WRAP)]).pubkey(me)
+                   .since(Timestamp.from_secs(not_before))]
+        if scheme != "nip04":
+            # SDK-style NIP-17: gift wraps are back-dated up to 2 days; judge freshness by the rumor instead.
+            filters.append(Filter().kinds([Kind(events.KIND_GIFT_WRAP)]).pubkey(me)
+                           .since(Timestamp.from_secs(not_before - 2 * 86400 - 3600)))
+        stream = self._client.notifications()
+        sub_id = f"reply-{uuid.uuid4().hex[:16]}"
+        await self._client.subscribe(ReqTarget.auto(filters), id=sub_id)
+        return stream, sub_id
+
+    async def _first_reply(self, stream: Any, sub_id: str, provider_hex: str, not_before: int,
+                           seen: set[str] | None = None) -> str | None:
+        seen = set() if seen is None else seen
         while True:
             notification = await stream.next()
             if notification is None:
@@ -278,11 +319,11 @@ class Consumer:
             if event_id in seen:
                 continue
             seen.add(event_id)
-            text = self._open_reply(event, provider_hex, started)
+            text = self._open_reply(event, provider_hex, not_before)
             if text is not None:
                 return text
 
-    def _open_reply(self, event: Event, provider_hex: str, started: int) -> str | None:
+    def _open_reply(self, event: Event, provider_hex: str, not_before: int) -> str | None:
         kind = int(event.kind().as_u16())
         if kind == events.KIND_DM:
             if str(event.author().to_hex()) != provider_hex:
@@ -299,7 +340,7 @@ class Consumer:
             rumor = gift.rumor()
             if str(gift.sender().to_hex()) != provider_hex or int(rumor.kind().as_u16()) != events.KIND_PRIVATE_DM:
                 return None
-            if int(rumor.created_at().as_secs()) < started - REPLY_LOOKBACK_SECS:
+            if int(rumor.created_at().as_secs()) < not_before:
                 return None
             return str(rumor.content())
         return None
@@ -316,21 +357,21 @@ class Consumer:
 
     async def spawn(self, provider_hex: str, token: str, *, tier: str = "basic", image: str = "ubuntu:22.04",
                     ssh_user: str = "user", ssh_password: str | None = None, timeout: float = SPAWN_TIMEOUT,  # noqa: ASYNC109
-                    scheme: str = "nip04") -> Reply | None:
+                    scheme: str = "nip04", lookback: int | None = None) -> Reply | None:
         payload = self.spawn_payload(token, tier, image, ssh_user, ssh_password)
-        raw = await self.request(provider_hex, payload, timeout, scheme)
+        raw = await self.request(provider_hex, payload, timeout, scheme, lookback)
         return None if raw is None else classify(raw, AccessDetails, ErrorReply)
 
     async def topup(self, provider_hex: str, pod_id: str, token: str, *, timeout: float = TOPUP_TIMEOUT,  # noqa: ASYNC109
-                    scheme: str = "nip04") -> Reply | None:
+                    scheme: str = "nip04", lookback: int | None = None) -> Reply | None:
         payload = TopUpRequest(pod_npub=pod_id, cashu_token=token).to_json()
-        raw = await self.request(provider_hex, payload, timeout, scheme)
+        raw = await self.request(provider_hex, payload, timeout, scheme, lookback)
         return None if raw is None else classify(raw, TopUpReply, ErrorReply)
 
     async def status(self, provider_hex: str, pod_id: str, *, timeout: float = STATUS_TIMEOUT,  # noqa: ASYNC109
-                     scheme: str = "nip04") -> Reply | None:
+                     scheme: str = "nip04", lookback: int | None = None) -> Reply | None:
         """The CLI accepts only a status reply; anything else (an error too) is shown as unrecognized raw JSON."""
-        raw = await self.request(provider_hex, StatusRequest(pod_id=pod_id).to_json(), timeout, scheme)
+        raw = await self.request(provider_hex, StatusRequest(pod_id=pod_id).to_json(), timeout, scheme, lookback)
         return None if raw is None else classify(raw, StatusReply)
 
 

@@ -61,7 +61,7 @@ class Daemon:
         await backend.start()
         log.info("backend ready", accel=backend.accel, isolation=backend.isolation_level)
 
-        transport = NostrTransport(self.keys, cfg.nostr.relays, store)
+        transport = NostrTransport.from_config(self.keys, cfg, store)
         metrics = Metrics()
         provider = Provider(cfg, self.own_hex, store, payments, backend, transport, metrics=metrics)
         await provider.reconcile()
