@@ -27,6 +27,8 @@ from paygressd.consumer import (
     precheck_spawn,
     reply_json,
 )
+from paygressd.payments.errors import RedeemError
+from paygressd.payments.tokens import decode_token
 from paygressd.wire.models import ErrorReply
 
 DEFAULT_IDENTITY = Path.home() / ".paygress" / "identity"
@@ -45,6 +47,24 @@ def _keys(args: argparse.Namespace) -> Keys:
     with os.fdopen(fd, "w") as fh:
         fh.write(keys.secret_key().to_bech32() + "\n")
     return keys
+
+
+def _token(args: argparse.Namespace) -> str:
+    """``--token -`` (the default) reads one line from stdin, so the token is never in a waiting process's argv."""
+    if args.token not in (None, "-"):
+        return str(args.token)
+    token = sys.stdin.readline().strip()
+    if not token:
+        raise ConsumerError("no token: pass --token TOKEN or write it to stdin")
+    return token
+
+
+def _token_mint(token: str) -> str | None:
+    """The token's mint for paygress-cli's whitelist pre-check; None when it does not decode (the provider says why)."""
+    try:
+        return decode_token(token).mint
+    except RedeemError:
+        return None
 
 
 def _relays(args: argparse.Namespace) -> list[str]:
@@ -75,11 +95,12 @@ async def _run(args: argparse.Namespace) -> int:
         if found is None:
             raise ConsumerError(f"Provider '{args.provider}' not found")
         if args.consumer_cmd == "spawn":
-            precheck_spawn(found, args.tier, None)
-            return _exit_for(await c.spawn(found.provider_hex, args.token, tier=args.tier, ssh_user=args.ssh_user,
+            token = _token(args)
+            precheck_spawn(found, args.tier, _token_mint(token))
+            return _exit_for(await c.spawn(found.provider_hex, token, tier=args.tier, ssh_user=args.ssh_user,
                                            ssh_password=args.ssh_pass, timeout=args.timeout or SPAWN_TIMEOUT))
         if args.consumer_cmd == "topup":
-            return _exit_for(await c.topup(found.provider_hex, args.pod_id, args.token,
+            return _exit_for(await c.topup(found.provider_hex, args.pod_id, _token(args),
                                            timeout=args.timeout or TOPUP_TIMEOUT))
         return _exit_for(await c.status(found.provider_hex, args.pod_id, timeout=args.timeout or STATUS_TIMEOUT))
 
@@ -110,14 +131,14 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     cmds.add_parser("list", help="list offers with online status")
     s = cmds.add_parser("spawn", help="rent a VM")
     s.add_argument("--provider", required=True, help="hex, npub, hex prefix (>= 8) or hostname")
-    s.add_argument("--token", required=True, help="Cashu token")
+    s.add_argument("--token", default="-", help="Cashu token; '-' (default) reads it from stdin")
     s.add_argument("--tier", default="basic")
     s.add_argument("--ssh-user", default="user")
     s.add_argument("--ssh-pass", default=None)
     t = cmds.add_parser("topup", help="extend a lease")
     t.add_argument("--provider", required=True)
     t.add_argument("--pod-id", required=True)
-    t.add_argument("--token", required=True)
+    t.add_argument("--token", default="-", help="Cashu token; '-' (default) reads it from stdin")
     st = cmds.add_parser("status", help="show a lease")
     st.add_argument("--provider", required=True)
     st.add_argument("--pod-id", required=True)

@@ -197,3 +197,34 @@ async def test_crash_between_redeem_and_reply_refunds_once(world: World) -> None
     err = ErrorReply.from_json(replies[0])
     assert err.refund_token is not None
     assert await world.wallet.receive(err.refund_token) == 40
+
+
+async def test_consumer_cli_rents_from_the_daemon(world: World, tmp_path: Path) -> None:
+    """`paygressd consumer` (what an operator runs from another machine) completes a rental, token on stdin."""
+    import json
+    import sys
+
+    identity = tmp_path / "identity"
+    common = [sys.executable, "-m", "paygressd", "consumer", "--relays", world.relay.url, "--identity", str(identity)]
+
+    async def cli(*args: str, stdin: str = "") -> tuple[int, str, str]:
+        proc = await asyncio.create_subprocess_exec(
+            *common, *args, stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE,
+            stderr=asyncio.subprocess.PIPE)
+        out, err = await asyncio.wait_for(proc.communicate(stdin.encode()), 150)
+        return proc.returncode or 0, out.decode(), err.decode()
+
+    code, out, err = await cli("list")
+    assert code == 0, err
+    assert any(json.loads(line)["provider"] == world.provider and json.loads(line)["online"]
+               for line in out.splitlines()), out
+
+    token = await world.wallet.token(35)
+    code, out, err = await cli("spawn", "--provider", world.provider[:12], "--ssh-pass", PASSWORD, stdin=token + "\n")
+    assert code == 0, (out, err)
+    assert token not in out + err
+    reply = AccessDetails.from_json(out.strip().splitlines()[-1])
+    proc = await asyncio.to_thread(ssh_run, "127.0.0.1", reply.node_port, "root", PASSWORD, "echo via-cli")
+    assert proc.returncode == 0 and "via-cli" in proc.stdout, proc.stderr
+    vmid = int(reply.pod_npub.removeprefix("container-"))
+    await _wait_gone(world, vmid, reply.node_port, until=_ts(reply.expires_at) + 8)
