@@ -108,6 +108,8 @@ class Provider:
     # ------------------------------------------------------------ spawn
 
     async def spawn(self, msg: Inbound, req: SpawnRequest) -> WireModel:
+        # Start of the daemon-side spawn timeline (bench/spawn.py measures from here).
+        log.info("spawn received", event_id=msg.event_id)
         if not self.accepting:
             return errors.shutting_down()
         if req.template_slug:
@@ -147,15 +149,18 @@ class Provider:
         journal_id = self.store.journal_open(
             msg.event_id, msg.requester, msg.scheme, "spawn", tok.mint, tok.token_hash, pending_token=tok.raw
         )
+        redeem_started = time.monotonic()
         try:
             redeemed = await self._redeem(tok)
         except RedeemError as exc:
             self.store.journal_failed(journal_id)
             self.backend.release(reservation)
             return exc.reply
+        redeem_ms = round((time.monotonic() - redeem_started) * 1000, 1)
         self.store.journal_redeemed(journal_id, redeemed.msats, redeemed.unit)
         failpoints.hit("spawn_after_redeem")
-        log.info("spawn paid", event_id=msg.event_id, msats=redeemed.msats, tier=tier.id, vmid=reservation.vmid)
+        log.info("spawn paid", event_id=msg.event_id, msats=redeemed.msats, tier=tier.id, vmid=reservation.vmid,
+                 redeem_ms=redeem_ms)
 
         minimum = self.config.provider.minimum_duration_seconds
         duration = rules.spawn_duration(redeemed.msats, tier.rate_msats_per_sec, minimum)
