@@ -14,13 +14,13 @@ from nostr_sdk import Keys
 from paygressd.config import Config
 from paygressd.core.keys import load_keys
 from paygressd.logging import get_logger, register_secret, setup_logging
-from paygressd.nostr.discovery import Discovery
+from paygressd.nostr.discovery import Discovery, StoreStats
 from paygressd.nostr.inbox import Inbox
 from paygressd.nostr.transport import NostrTransport
 from paygressd.ops.metrics import Metrics, parse_listen, serve_metrics
 from paygressd.payments.service import PaymentService
 from paygressd.provider.service import Provider
-from paygressd.provider.stats import ProviderStats
+from paygressd.provider.stats import available_capacity
 from paygressd.store import Store
 from paygressd.vm.kvm import KvmBackend
 
@@ -70,7 +70,7 @@ class Daemon:
         if refunded:
             log.info("start-up refunds sent", count=refunded)
 
-        stats = ProviderStats(store, backend)
+        stats = StoreStats(store, capacity=lambda: available_capacity(backend))
         discovery = Discovery(transport, self.keys, cfg, stats, backend.isolation_level)
         inbox = Inbox(
             transport,

@@ -366,3 +366,12 @@ async def test_a_crashing_handler_becomes_an_error_reply(rig: Rig) -> None:
     await _lease(rig)
     reply = await rig.provider.handle(_msg(rig, "s1"), StatusRequest(pod_id="1000"))
     assert isinstance(reply, ErrorReply)
+
+
+def test_heartbeat_capacity_is_what_the_host_has_left() -> None:
+    from paygressd.provider.stats import available_capacity
+
+    backend = FakeBackend()
+    backend.capacity = lambda: Capacity(1000, 3072, 40, 4000, 8192, 100)  # type: ignore[method-assign]
+    cap = available_capacity(backend)
+    assert (cap.cpu_available, cap.memory_mb_available, cap.storage_gb_available) == (25_000, 3072, 40)
