@@ -12,6 +12,7 @@ APT_PACKAGES=(
   openssh-client sshpass               # tests log in to guests for real
   mmdebstrap cpio kmod e2fsprogs       # deploy/build-guest-image.sh
   systemd                              # systemd-analyze security --offline (unit hardening check)
+  openssl                              # the check command's TLS tests make a self-signed certificate
 )
 missing=()
 for p in "${APT_PACKAGES[@]}"; do dpkg -s "$p" >/dev/null 2>&1 || missing+=("$p"); done
