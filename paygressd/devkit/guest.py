@@ -96,12 +96,20 @@ async def build_images_streaming(what: str, where: Path, on_line: Callable[[str]
         raise ImageBuildError(f"{script.name} exited with {rc}:\n" + "\n".join(tail))
 
 
-def missing_reason(flavour: str) -> str | None:
-    """Why a real boot cannot run here, or None when it can."""
+def tools_missing() -> str | None:
+    """Which host tools for booting and logging in to a guest are missing, or None."""
     if shutil.which("qemu-system-x86_64") is None or shutil.which("qemu-img") is None:
         return "qemu-system-x86_64 / qemu-img not installed"
     if shutil.which("sshpass") is None or shutil.which("ssh") is None:
         return "sshpass / ssh not installed"
+    return None
+
+
+def missing_reason(flavour: str) -> str | None:
+    """Why a real boot cannot run here, or None when it can."""
+    tools = tools_missing()
+    if tools is not None:
+        return tools
     if not images_present(flavour):
         return f"{flavour} guest images missing in {guest_dir()} (run deploy/build-guest-image.sh {guest_dir()} all)"
     return None
@@ -125,24 +133,55 @@ def kvm_section(flavour: str, vm_root: Path, *, ports: tuple[int, int] | None = 
     })
 
 
+SSH_RETRY_CODES = (5, 6, 255)  # sshpass: 5 = wrong password, 6 = host key; 255 = ssh connection failure
+
+
+def ssh_argv(host: str, port: int, user: str, cmd: str, connect_timeout: int = 10) -> list[str]:
+    """Password login with sshpass + OpenSSH (no keys); the password goes through $SSHPASS, never argv."""
+    return ["sshpass", "-e", "ssh", "-q", "-o", "StrictHostKeyChecking=no", "-o", "UserKnownHostsFile=/dev/null",
+            "-o", "PubkeyAuthentication=no", "-o", "PreferredAuthentications=password,keyboard-interactive",
+            "-o", f"ConnectTimeout={connect_timeout}",
+            "-o", "LogLevel=ERROR", "-p", str(port), f"{user}@{host}", cmd]
+
+
 def ssh_run(host: str, port: int, user: str, password: str, cmd: str, *, deadline: float = 60.0,
             connect_timeout: int = 10) -> subprocess.CompletedProcess[str]:
     """Log in with the password for real (sshpass + OpenSSH, no keys) and run cmd.
 
     Retries while the guest is still coming up (connection refused/reset, banner timeouts, and "Permission
     denied" while cloud-init has not set the password yet) until `deadline` seconds have passed; then
-    returns the last attempt, so a caller can assert on rc/stderr. The password goes through the
-    environment (SSHPASS), never argv.
+    returns the last attempt, so a caller can assert on rc/stderr.
     """
-    argv = ["sshpass", "-e", "ssh", "-q", "-o", "StrictHostKeyChecking=no", "-o", "UserKnownHostsFile=/dev/null",
-            "-o", "PubkeyAuthentication=no", "-o", "PreferredAuthentications=password,keyboard-interactive",
-            "-o", f"ConnectTimeout={connect_timeout}",
-            "-o", "LogLevel=ERROR", "-p", str(port), f"{user}@{host}", cmd]
+    argv = ssh_argv(host, port, user, cmd, connect_timeout)
     env = dict(os.environ, SSHPASS=password)
     end = time.monotonic() + deadline
     while True:
         proc = subprocess.run(argv, env=env, capture_output=True, text=True, timeout=connect_timeout + 60)
-        # sshpass: 5 = wrong password, 6 = host key, 255 = ssh connection failure; anything else is the command's
-        if proc.returncode not in (5, 6, 255) or time.monotonic() >= end:
+        if proc.returncode not in SSH_RETRY_CODES or time.monotonic() >= end:
             return proc
         time.sleep(1.0)
+
+
+async def ssh_run_async(host: str, port: int, user: str, password: str, cmd: str, *, deadline: float = 60.0,
+                        connect_timeout: int = 10) -> subprocess.CompletedProcess[str]:
+    """``ssh_run`` for an event loop: cancelling it kills the ssh client at once (no thread left behind)."""
+    argv = ssh_argv(host, port, user, cmd, connect_timeout)
+    env = dict(os.environ, SSHPASS=password)
+    end = time.monotonic() + deadline
+    while True:
+        proc = await asyncio.create_subprocess_exec(
+            *argv, env=env, stdin=asyncio.subprocess.DEVNULL,
+            stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
+        )
+        try:
+            out, err = await asyncio.wait_for(proc.communicate(), connect_timeout + 60)
+        except BaseException:
+            with contextlib.suppress(ProcessLookupError):
+                proc.kill()
+            await proc.wait()
+            raise
+        rc = proc.returncode if proc.returncode is not None else -1
+        result = subprocess.CompletedProcess(argv, rc, out.decode(errors="replace"), err.decode(errors="replace"))
+        if rc not in SSH_RETRY_CODES or time.monotonic() >= end:
+            return result
+        await asyncio.sleep(1.0)
