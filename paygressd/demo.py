@@ -417,6 +417,9 @@ class Demo:
     async def cleanup(self) -> list[str]:
         """Stop everything that was started, in reverse order; returns what could not be cleaned up."""
         problems: list[str] = []
+        if self.daemon is not None or self.mint is not None or self.relay is not None:
+            self.p.step("cleanup", "stopping paygressd (it finishes a request in flight), the mint, the relay and"
+                                   " any VM")
 
         async def attempt(what: str, action: Callable[[], object]) -> None:
             try:
