@@ -244,16 +244,22 @@ class Demo:
             return
         self.p.step("images", f"building the mini guest images in {d} (first run only; a few minutes)")
         lines = 0
+        last = ""
 
         def on_line(line: str) -> None:
-            nonlocal lines
+            nonlocal lines, last
             lines += 1
             # The builder's own step lines look like "[12:34:56] what"; everything else is tool chatter.
             if (line.startswith("[") and "] " in line[:12]) or line.startswith("cached:"):
                 self.p.step("images", line.split("] ", 1)[-1])
+            elif line.strip():
+                last = line.strip()
+
+        def building(s: float) -> str:
+            return f"building… {s:.0f}s, {lines} lines of builder output" + (f" (last: {last[:60]})" if last else "")
 
         try:
-            async with self.p.ticking("images", lambda s: f"building… {s:.0f}s, {lines} lines of builder output"):
+            async with self.p.ticking("images", building):
                 await build_images_streaming("mini", d, on_line)
         except ImageBuildError as exc:
             raise DemoError(f"building the guest images failed: {exc}") from exc
