@@ -1,4 +1,7 @@
-"""The small service interfaces the provider core needs. Concrete classes live in their own packages."""
+"""The small service interfaces the provider core needs. Concrete classes live in their own packages.
+
+The compute side's interface is the backend's own (``paygressd.vm.backend.Backend``), re-exported here.
+"""
 
 from __future__ import annotations
 
@@ -6,7 +9,7 @@ from typing import Protocol
 
 from paygressd.payments.service import Redeemed
 from paygressd.payments.tokens import DecodedToken
-from paygressd.vm.backend import Capacity, ReconcileReport, Reservation, VmRequest, VmState, WantedVm
+from paygressd.vm.backend import Backend
 
 
 class Payments(Protocol):
@@ -17,18 +20,8 @@ class Payments(Protocol):
     async def make_refund(self, mint: str, unit: str, amount: int, *, key: str | None = None) -> str: ...
 
 
-class Backend(Protocol):
-    isolation_level: str
-
-    def reserve(self, cpu_millicores: int, memory_mb: int, disk_gb: int) -> Reservation: ...
-    def release(self, r: Reservation) -> None: ...
-    async def create(self, req: VmRequest) -> None: ...
-    async def wait_ready(self, vmid: int, timeout: float) -> bool: ...  # noqa: ASYNC109 (interface)
-    async def status(self, vmid: int) -> VmState: ...
-    async def delete(self, vmid: int) -> None: ...
-    def capacity(self) -> Capacity: ...
-    async def reconcile(self, wanted: list[WantedVm]) -> ReconcileReport: ...
-
-
 class Messenger(Protocol):
     async def send_dm(self, to_hex: str, scheme: str, payload_json: str) -> bool: ...
+
+
+__all__ = ["Backend", "Messenger", "Payments"]

@@ -85,12 +85,19 @@ class FakePayments:
 @dataclass
 class FakeBackend:
     isolation_level: str = "dedicated-host"
+    accel: str = "tcg"
     full: bool = False
     fail_create: bool = False
     next_vmid: int = 1000
     reserved: dict[int, Reservation] = field(default_factory=dict)
     created: set[int] = field(default_factory=set)
     deleted: list[int] = field(default_factory=list)
+
+    async def start(self) -> None:
+        pass
+
+    async def stop(self, vmid: int) -> None:
+        self.created.discard(vmid)
 
     def reserve(self, cpu_millicores: int, memory_mb: int, disk_gb: int) -> Reservation:
         if self.full:
