@@ -194,6 +194,40 @@ class LogFollower:
 # ---------------------------------------------------------------- the demo
 
 
+def _mentions(pid: int, work: Path) -> bool:
+    """The process runs from, or names a file in, the demo's work dir (mint, daemon, qemu, accel probe)."""
+    proc = Path(f"/proc/{pid}")
+    try:
+        if str(work).encode() in (proc / "cmdline").read_bytes():
+            return True
+        return os.readlink(proc / "cwd").startswith(str(work))
+    except OSError:
+        return False
+
+
+def kill_strays(work: Path) -> list[int]:
+    """SIGKILL every process still tied to the work dir: the last resort after the orderly stops."""
+    killed: list[int] = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit() or int(entry.name) == os.getpid():
+            continue
+        pid = int(entry.name)
+        try:
+            fd = os.pidfd_open(pid)
+        except OSError:
+            continue
+        try:
+            # Checked through the pidfd's pinned process, so a recycled pid is never hit.
+            if _mentions(pid, work):
+                signal.pidfd_send_signal(fd, signal.SIGKILL)
+                killed.append(pid)
+        except OSError:
+            pass
+        finally:
+            os.close(fd)
+    return killed
+
+
 def _ts(rfc3339: str) -> float:
     return datetime.fromisoformat(rfc3339).timestamp()
 
@@ -215,6 +249,7 @@ class Demo:
         self.wallet: ConsumerWallet | None = None
         self.consumer: Consumer | None = None
         self.cleaning = False
+        self.daemon_listening = False
 
     @property
     def vm_root(self) -> Path | None:
@@ -291,6 +326,7 @@ class Demo:
         try:
             async with self.p.ticking("paygressd", lambda s: f"starting (probing the accelerator)… {s:.0f}s"):
                 ready = await self.daemon.wait_log("paygressd listening", 90)
+            self.daemon_listening = True
         except (RuntimeError, TimeoutError) as exc:
             raise DemoError(f"paygressd did not start: {str(exc).splitlines()[0]}") from exc
         backend = next((e for e in self.daemon.events() if e.get("event") == "kvm_backend_started"), {})
@@ -457,6 +493,10 @@ class Demo:
 
             if vm_root.exists() or host.scan_qemus(vm_root):
                 await attempt("VMs", sweep)
+        strays: list[int] = []
+        if self.tmp is not None:
+            work = self.tmp
+            await attempt("stray processes", lambda: strays.extend(kill_strays(work)))
         if self.relay is not None:
             await attempt("relay", self.relay.stop)
         kept = ""
@@ -466,6 +506,8 @@ class Demo:
             else:
                 await attempt("work dir", lambda: shutil.rmtree(self.tmp) if self.tmp else None)
         vms = f"{len(removed)} leftover VM(s) removed" if removed else "no VM left"
+        if strays:
+            vms += f", {len(strays)} stray process(es) killed"
         self.p.step("cleanup", f"paygressd stopped, mint stopped, relay shut down, {vms}"
                                + (kept or ", work dir removed"))
         return problems
@@ -473,6 +515,11 @@ class Demo:
     async def _stop_daemon(self) -> None:
         assert self.daemon is not None
         if self.daemon.proc is None:
+            return
+        if not self.daemon_listening:
+            # Still starting (the accel probe can take 20 s before it looks at SIGTERM): it has answered no
+            # request and holds no lease, so nothing is lost by killing it; the stray sweep gets its probe.
+            self.daemon.kill()
             return
         try:
             await self.daemon.stop(timeout=40)

@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 
 from paygressd.vm import host
-from tests.support.guest import guest_dir, missing_reason
+from tests.support.guest import REPO, guest_dir, missing_reason
 
 pytestmark = [pytest.mark.vm, pytest.mark.mint, pytest.mark.relay]
 
@@ -56,7 +56,7 @@ def _work_dir(stdout: str) -> Path:
 async def _start() -> asyncio.subprocess.Process:
     return await asyncio.create_subprocess_exec(
         sys.executable, "-c", DEMO, "--images", str(guest_dir()),
-        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
+        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE, cwd=REPO,  # import this checkout
     )
 
 
@@ -118,5 +118,33 @@ async def test_ctrl_c_during_spawn_stops_everything() -> None:
                      r" work dir removed$", out, re.M), out
     assert "done:" not in out
     assert host.scan_qemus(vm_root) == {}
+    assert _leftovers(work) == []
+    assert not work.exists()
+
+
+async def test_sigterm_while_paygressd_starts_leaves_nothing() -> None:
+    """Stopped while paygressd is still starting (probing the accelerator with a throwaway qemu)."""
+    proc = await _start()
+    assert proc.stdout is not None
+    seen: list[str] = []
+    while line := (await asyncio.wait_for(proc.stdout.readline(), 120)).decode():
+        seen.append(line)
+        if "] mint: " in line:
+            break
+    work = _work_dir("".join(seen))
+    config = work / "provider" / "paygressd.toml"
+    for _ in range(100):  # until paygressd has been launched
+        if config.exists():
+            break
+        await asyncio.sleep(0.1)
+    await asyncio.sleep(1.0)
+    proc.send_signal(signal.SIGTERM)
+    rest_b, err_b = await asyncio.wait_for(proc.communicate(), 120)
+    out, err = "".join(seen) + rest_b.decode(), err_b.decode()
+    assert proc.returncode == 143, f"stdout:\n{out}\nstderr:\n{err}"
+    assert "paygressd demo: interrupted by SIGTERM" in err
+    assert re.search(STEP + r"cleanup: paygressd stopped, mint stopped, relay shut down, .*work dir removed$", out,
+                     re.M), out
+    assert "offer:" not in out
     assert _leftovers(work) == []
     assert not work.exists()
