@@ -87,11 +87,12 @@ def build_parser() -> argparse.ArgumentParser:
 
 def _extensions() -> list[Callable[[argparse._SubParsersAction[argparse.ArgumentParser]], None]]:
     """Subcommands owned by other areas register themselves here."""
+    from paygressd.demo import register as demo
     from paygressd.nostr.cli import register as consumer
     from paygressd.ops.cli import register as ops
     from paygressd.payments.cli import register as wallet
 
-    return [wallet, ops, consumer]
+    return [wallet, ops, consumer, demo]
 
 
 def main(argv: Sequence[str] | None = None) -> int:
