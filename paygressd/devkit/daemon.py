@@ -107,6 +107,19 @@ reserved_memory_mb = 0
         return str(Keys.parse((self.work / "provider.key").read_text().strip()).public_key().to_hex())
 
 
+def read_json_log(path: Path, offset: int = 0) -> list[dict[str, object]]:
+    """The JSON log lines of a paygressd log file from byte ``offset`` on (other lines skipped)."""
+    out: list[dict[str, object]] = []
+    with open(path, "rb") as fh:
+        fh.seek(offset)
+        for line in fh.read().decode(errors="replace").splitlines():
+            try:
+                out.append(json.loads(line))
+            except ValueError:
+                continue
+    return out
+
+
 class DaemonProcess:
     """``paygressd run`` as a child process; its JSON log lines go to <work>/daemon.log."""
 
@@ -136,15 +149,7 @@ class DaemonProcess:
 
     def events(self) -> list[dict[str, object]]:
         """Log lines written since the last start, parsed."""
-        out: list[dict[str, object]] = []
-        with open(self.log_path, "rb") as fh:
-            fh.seek(self._log_offset)
-            for line in fh.read().decode(errors="replace").splitlines():
-                try:
-                    out.append(json.loads(line))
-                except ValueError:
-                    continue
-        return out
+        return read_json_log(self.log_path, self._log_offset)
 
     def log_text(self) -> str:
         return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
