@@ -38,6 +38,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from nostr_sdk import Keys
 
 from paygressd.consumer import Consumer
+from paygressd.devkit.daemon import read_json_log
 from paygressd.logging import setup_logging
 from paygressd.vm.kvm import KvmBackend
 from paygressd.wire.models import AccessDetails
@@ -75,18 +76,6 @@ def pct(values: list[float], q: float) -> float:
 
 def _ts(value: object) -> float:
     return datetime.fromisoformat(str(value)).timestamp()
-
-
-def read_log(path: Path, offset: int) -> list[dict[str, Any]]:
-    out: list[dict[str, Any]] = []
-    with open(path, "rb") as fh:
-        fh.seek(offset)
-        for line in fh.read().decode(errors="replace").splitlines():
-            try:
-                out.append(json.loads(line))
-            except ValueError:
-                continue
-    return out
 
 
 def attach_daemon_times(samples: list[Sample], lines: list[dict[str, Any]]) -> None:
@@ -184,7 +173,7 @@ async def run(args: argparse.Namespace, work: Path) -> dict[str, Any]:
                 offset = daemon.log_path.stat().st_size
                 s = await spawn_once(consumers[0], provider, token)
                 await asyncio.sleep(0.3)  # the "vm started" line precedes the reply; let the file settle anyway
-                attach_daemon_times([s], read_log(daemon.log_path, offset))
+                attach_daemon_times([s], read_json_log(daemon.log_path, offset))
                 sequential.append(s)
                 if not args.json:
                     print(f"sequential {i + 1}/{args.n}: ssh {s.ssh_s:.1f} s, overhead excl. mint "
@@ -201,7 +190,7 @@ async def run(args: argparse.Namespace, work: Path) -> dict[str, Any]:
                     *(spawn_once(c, provider, t) for c, t in zip(consumers, tokens, strict=True))))
                 wall = max(s.ssh_at for s in concurrent) - m0
                 await asyncio.sleep(0.3)
-                attach_daemon_times(concurrent, read_log(daemon.log_path, offset))
+                attach_daemon_times(concurrent, read_json_log(daemon.log_path, offset))
                 if not args.json:
                     print(f"concurrent x{args.concurrent}: all reachable by SSH after {wall:.1f} s",
                           file=sys.stderr, flush=True)

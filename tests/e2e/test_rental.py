@@ -8,7 +8,6 @@ the CLI's 60 s look-back a stored earlier reply would be taken instead (protocol
 from __future__ import annotations
 
 import asyncio
-import socket
 import time
 from datetime import datetime
 from pathlib import Path
@@ -17,6 +16,7 @@ import pytest
 from nostr_sdk import Keys
 
 from paygressd.consumer import Consumer
+from paygressd.devkit.ports import port_free
 from paygressd.wire.models import AccessDetails, ErrorReply, StatusReply, TopUpReply
 from tests.e2e.conftest import World
 from tests.support.guest import ssh_run
@@ -28,16 +28,6 @@ PASSWORD = "Rent4lPassw0rdXY"
 
 def _ts(rfc3339: str) -> int:
     return int(datetime.fromisoformat(rfc3339).timestamp())
-
-
-def _port_free(port: int) -> bool:
-    with socket.socket() as s:
-        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        try:
-            s.bind(("127.0.0.1", port))
-        except OSError:
-            return False
-    return True
 
 
 def _qemu_alive(vm_dir: Path) -> bool:
@@ -58,7 +48,7 @@ async def _spawn(world: World, sats: int, **kw: object) -> AccessDetails | Error
 async def _wait_gone(world: World, vmid: int, port: int, until: float) -> None:
     vm_dir = world.vm_root / str(vmid)
     while time.time() < until:
-        if not vm_dir.exists() and _port_free(port):
+        if not vm_dir.exists() and port_free(port):
             return
         await asyncio.sleep(0.5)
     raise AssertionError(f"VM {vmid} still present after its lease expired: dir={vm_dir.exists()}")
