@@ -11,24 +11,16 @@ import pytest
 # The repository root, so that ``tests.support`` and ``tests.nostr`` import the same way from every suite.
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
-from tests.support.relay import TestRelay
+from tests.support.relay import TestRelay, local_relay
 
 
 @pytest.fixture
 async def relay() -> AsyncIterator[TestRelay]:
-    r = TestRelay()
-    await r.start()
-    try:
+    async with local_relay() as r:
         yield r
-    finally:
-        await r.stop()
 
 
 @pytest.fixture
 async def relay2() -> AsyncIterator[TestRelay]:
-    r = TestRelay()
-    await r.start()
-    try:
+    async with local_relay() as r:
         yield r
-    finally:
-        await r.stop()

@@ -26,7 +26,7 @@ from paygressd.ops.cli import register
 from tests.support.daemon import DaemonConfig
 from tests.support.guest import free_port_block, guest_dir, kvm_section, missing_reason
 from tests.support.mint import MintProcess, free_port, run_mint
-from tests.support.relay import TestRelay
+from tests.support.relay import TestRelay, local_relay
 
 PVM_HOST = Path("/sys/module/kvm_pvm").exists()
 module_loop = pytest.mark.asyncio(loop_scope="module")
@@ -46,12 +46,8 @@ async def mint(tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[MintPr
 
 @pytest_asyncio.fixture(loop_scope="module")
 async def relay() -> AsyncIterator[TestRelay]:
-    r = TestRelay()
-    await r.start()
-    try:
+    async with local_relay() as r:
         yield r
-    finally:
-        await r.stop()
 
 
 @pytest.fixture
