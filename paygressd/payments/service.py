@@ -12,6 +12,8 @@ keeps in-memory state and counters that must not interleave.
 from __future__ import annotations
 
 import asyncio
+import fcntl
+import os
 import re
 import sqlite3
 import time
@@ -66,6 +68,48 @@ class _KeysetInfo:
     active: bool
 
 
+class WalletLock:
+    """Serialises wallet mutation inside this process (asyncio) and across processes (flock).
+
+    The daemon and an operator's ``paygressd wallet send`` may run at the same time; without one lock both
+    could select the same proofs, and a consumer's refund token would then be worthless.
+    """
+
+    def __init__(self, path: Path, poll: float = 0.05) -> None:
+        self.path = path
+        self.poll = poll
+        self._local = asyncio.Lock()
+        self._fd: int | None = None
+
+    async def __aenter__(self) -> None:
+        await self._local.acquire()
+        try:
+            self.path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+            fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o600)
+            try:
+                # Non-blocking attempts: a cancelled waiter must never leave a thread behind holding the lock.
+                while True:
+                    try:
+                        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                        break
+                    except BlockingIOError:
+                        await asyncio.sleep(self.poll)
+            except BaseException:
+                os.close(fd)
+                raise
+            self._fd = fd
+        except BaseException:
+            self._local.release()
+            raise
+
+    async def __aexit__(self, *exc: object) -> None:
+        fd, self._fd = self._fd, None
+        if fd is not None:
+            fcntl.flock(fd, fcntl.LOCK_UN)
+            os.close(fd)
+        self._local.release()
+
+
 class PaymentService:
     def __init__(
         self,
@@ -77,7 +121,7 @@ class PaymentService:
     ) -> None:
         self.wallet_dir = wallet_dir
         self.whitelist = [u for u in (normalize_mint_url(m) for m in whitelist) if u is not None]
-        self._lock = asyncio.Lock()
+        self._lock = WalletLock(wallet_dir / ".mutation.lock")
         self._wallets: dict[tuple[str, str], Any] = {}
         self._keysets: dict[tuple[str, str], _KeysetInfo] = {}  # (mint, keyset id) -> info
         self._negative: OrderedDict[str, ErrorReply] = OrderedDict()

@@ -170,3 +170,45 @@ async def test_wallet_balance_send_and_pay(
 
     assert await cli(["wallet", "send", "1000", "--config", str(cfg)]) == 1
     assert "balance too low" in capfd.readouterr().err
+
+
+async def test_daemon_and_operator_never_pay_out_the_same_proofs(
+    mint0: MintProcess, consumer0: ConsumerWallet, make_service: ServiceFactory, tmp_path: Path
+) -> None:
+    """The daemon and `paygressd wallet send` are two processes on one wallet: two services on one wallet dir
+    stand in for them. Racing for the whole balance, exactly one gets it, and its token is good."""
+    daemon = await funded(make_service, consumer0, mint0, 40)
+    operator = await make_service([mint0.url])  # same wallet dir ("provider"), separate service and connections
+    results = await asyncio.gather(
+        daemon.make_refund(mint0.url, "sat", 40, key="j-race", include_receive_fee=False),
+        operator.send(40, mint0.url),
+        return_exceptions=True,
+    )
+    tokens = [r for r in results if isinstance(r, str)]
+    failures = [r for r in results if isinstance(r, BaseException)]
+    assert len(tokens) == 1, results
+    assert len(failures) == 1 and isinstance(failures[0], PaymentError), failures
+    assert "balance too low" in str(failures[0])
+    assert await consumer0.receive(tokens[0]) == 40
+
+
+async def test_wallet_lock_excludes_another_process_holder(tmp_path: Path) -> None:
+    from paygressd.payments.service import WalletLock
+
+    path = tmp_path / "w" / ".mutation.lock"
+    first, second = WalletLock(path), WalletLock(path)  # two open file descriptions, like two processes
+    order: list[str] = []
+
+    async def hold() -> None:
+        async with first:
+            order.append("first in")
+            await asyncio.sleep(0.3)
+            order.append("first out")
+
+    async def wait_turn() -> None:
+        await asyncio.sleep(0.05)
+        async with second:
+            order.append("second in")
+
+    await asyncio.gather(hold(), wait_turn())
+    assert order == ["first in", "first out", "second in"]
