@@ -168,6 +168,30 @@ async def test_restart_mid_lease_keeps_vm_and_expiry(world: World) -> None:
     await _wait_gone(world, vmid, reply.node_port, until=_ts(reply.expires_at) + 8)
 
 
+async def test_sigterm_lets_an_inflight_spawn_finish(world: World) -> None:
+    """SIGTERM while a paid spawn is booting: the spawn completes and is answered, the daemon exits 0, the VM stays."""
+    token = await world.wallet.token(35)
+    paid_before = sum(1 for e in world.daemon.events() if e.get("event") == "spawn paid")
+    spawn = asyncio.create_task(world.consumer.spawn(world.provider, token, ssh_password=PASSWORD, lookback=0))
+    for _ in range(600):
+        if sum(1 for e in world.daemon.events() if e.get("event") == "spawn paid") > paid_before:
+            break
+        await asyncio.sleep(0.1)
+    else:
+        raise AssertionError("the spawn was never paid")
+    assert world.daemon.proc is not None
+    world.daemon.proc.terminate()
+    assert await world.daemon.wait_exit(60) == 0
+    reply = await spawn
+    assert isinstance(reply, AccessDetails), reply
+    vmid = int(reply.pod_npub.removeprefix("container-"))
+    assert _qemu_alive(world.vm_root / str(vmid)), "the paid VM did not survive the daemon's shutdown"
+    await world.daemon.start()
+    proc = await asyncio.to_thread(ssh_run, "127.0.0.1", reply.node_port, "root", PASSWORD, "echo after-restart")
+    assert proc.returncode == 0 and "after-restart" in proc.stdout, proc.stderr
+    await _wait_gone(world, vmid, reply.node_port, until=_ts(reply.expires_at) + 8)
+
+
 async def test_crash_between_redeem_and_reply_refunds_once(world: World) -> None:
     await world.daemon.stop()
     world.daemon.env = {"PAYGRESSD_FAILPOINT": "spawn_after_redeem"}
