@@ -242,3 +242,16 @@ async def test_consumer_cli_rents_from_the_daemon(world: World, tmp_path: Path) 
     assert proc.returncode == 0 and "via-cli" in proc.stdout, proc.stderr
     vmid = int(reply.pod_npub.removeprefix("container-"))
     await _wait_gone(world, vmid, reply.node_port, until=_ts(reply.expires_at) + 8)
+
+
+async def test_daemon_log_holds_no_secrets(world: World) -> None:
+    """After every rental above, the daemon's own log holds no token, password or secret key."""
+    import re
+
+    text = world.daemon.log_text()
+    assert "spawn paid" in text  # the log is the real one, with the rentals in it
+    assert re.search(r"cashu[AB][A-Za-z0-9_\-]{20,}", text) is None
+    assert PASSWORD not in text
+    secret = (world.config.work / "provider.key").read_text().strip()
+    assert secret not in text
+    assert Keys.parse(secret).secret_key().to_hex() not in text
