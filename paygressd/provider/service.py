@@ -95,7 +95,10 @@ class Provider:
             return await self.status(msg, req)
         except Exception:
             log.exception("handler failed", event_id=msg.event_id, kind=type(req).__name__)
-            return errors.error(errors.ErrorType.BACKEND_ERROR, "Internal provider error; no payment was kept")
+            # A payment taken before the failure stays in the journal and is refunded by DM at the next start.
+            return errors.error(
+                errors.ErrorType.BACKEND_ERROR, "Internal provider error; any payment taken is refunded"
+            )
 
     def after_reply(self, msg: Inbound, sent: bool) -> None:
         """Called once the reply to ``msg`` was (or could not be) delivered."""
@@ -198,7 +201,12 @@ class Provider:
         self._expiry_wakeup.set()
         budget = max(1.0, min(self.config.kvm.ssh_ready_timeout_seconds,
                               msg.created_at + SPAWN_REPLY_BUDGET_SECONDS - self.clock()))
-        ready = await self.backend.wait_ready(lease.vmid, budget)
+        try:
+            ready = await self.backend.wait_ready(lease.vmid, budget)
+        except Exception as exc:
+            # The lease is paid and persisted: answer with the access details whatever the probe did.
+            log.error("readiness probe failed", vmid=lease.vmid, error=str(exc))
+            ready = False
         log.info("spawn done", vmid=lease.vmid, ready=ready, expires_at=lease.expires_at)
         return self._access_details(lease, tier, password, guest_user, ready)
 
@@ -405,10 +413,7 @@ class Provider:
     # ------------------------------------------------------------ expiry and reconcile
 
     async def reconcile(self) -> None:
-        now = self.now()
-        for lease in self.store.expired_leases(now):
-            if self.store.end_lease(lease.id, now):
-                await self._delete_vm(lease.vmid)
+        await self._expire_due()
         wanted = [self._wanted(lease) for lease in self.store.active_leases()]
         report = await self.backend.reconcile([w for w in wanted if w is not None])
         log.info("reconciled", adopted=report.adopted, restarted=report.restarted, removed=report.removed,
@@ -425,18 +430,26 @@ class Provider:
     async def expiry_loop(self) -> None:
         """Sleep until the next expiry in the store (or a change), then end and destroy what is due."""
         while True:
-            now = self.now()
-            for lease in self.store.expired_leases(now):
-                if self.store.end_lease(lease.id, now):
-                    log.info("lease expired", vmid=lease.vmid, lease_id=lease.id)
-                    await self._delete_vm(lease.vmid)
-            nxt = self.store.next_expiry()
+            try:
+                await self._expire_due()
+                nxt = self.store.next_expiry()
+            except Exception:
+                # A failed pass (e.g. a locked database) must not stop expiry for good: retry shortly.
+                log.exception("expiry pass failed")
+                nxt = self.now() + 5
             wait = 60.0 if nxt is None else max(0.2, min(60.0, nxt - self.clock() + 0.05))
             self._expiry_wakeup.clear()
             try:
                 await asyncio.wait_for(self._expiry_wakeup.wait(), timeout=wait)
             except TimeoutError:
                 pass
+
+    async def _expire_due(self) -> None:
+        now = self.now()
+        for lease in self.store.expired_leases(now):
+            if self.store.end_lease(lease.id, now):
+                log.info("lease expired", vmid=lease.vmid, lease_id=lease.id)
+                await self._delete_vm(lease.vmid)
 
     async def _delete_vm(self, vmid: int) -> None:
         if vmid in self._deleting:

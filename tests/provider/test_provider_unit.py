@@ -382,3 +382,40 @@ def test_heartbeat_capacity_is_what_the_host_has_left() -> None:
     backend.capacity = lambda: Capacity(1000, 3072, 40, 4000, 8192, 100)  # type: ignore[method-assign]
     cap = available_capacity(backend)
     assert (cap.cpu_available, cap.memory_mb_available, cap.storage_gb_available) == (25_000, 3072, 40)
+
+
+async def test_expiry_survives_a_failed_pass(rig: Rig, monkeypatch: pytest.MonkeyPatch) -> None:
+    await _lease(rig)
+    real = rig.store.expired_leases
+    calls = {"n": 0}
+
+    def flaky(now: int) -> list[object]:
+        calls["n"] += 1
+        if calls["n"] == 1:
+            raise RuntimeError("database is locked")
+        return real(now)  # type: ignore[return-value]
+
+    monkeypatch.setattr(rig.store, "expired_leases", flaky)
+    monkeypatch.setattr(rig.provider, "now", lambda: int(rig.clock.t))
+    rig.clock.t += 100
+    task = asyncio.create_task(rig.provider.expiry_loop())
+    try:
+        for _ in range(200):
+            if rig.backend.deleted:
+                break
+            await asyncio.sleep(0.05)
+            rig.provider._expiry_wakeup.set()
+    finally:
+        task.cancel()
+    assert calls["n"] >= 2 and rig.backend.deleted == [1000]
+
+
+async def test_a_failing_readiness_probe_still_answers_the_paid_spawn(rig: Rig) -> None:
+    async def broken(vmid: int, timeout: float) -> bool:
+        raise OSError("serial log vanished")
+
+    rig.backend.wait_ready = broken  # type: ignore[method-assign]
+    reply = await rig.provider.handle(_msg(rig), _spawn())
+    assert isinstance(reply, AccessDetails)
+    assert reply.instructions[-1].startswith("⏳")
+    assert rig.store.journal_for_event("e1")[0].state == JournalState.FULFILLED
