@@ -33,10 +33,9 @@ def run_daemon(config: Config, log_level: str = "info") -> int:
     register_secret(keys.secret_key().to_hex())
     register_secret(keys.secret_key().to_bech32())
     try:
-        asyncio.run(Daemon(config, keys).run())
+        return asyncio.run(Daemon(config, keys).run())
     except KeyboardInterrupt:
-        pass
-    return 0
+        return 0
 
 
 class Daemon:
@@ -46,7 +45,8 @@ class Daemon:
         self.own_hex = keys.public_key().to_hex()
         self._stop = asyncio.Event()
 
-    async def run(self) -> None:
+    async def run(self) -> int:
+        """0 after SIGTERM/SIGINT; 1 when a part died on its own, so systemd's Restart=on-failure acts."""
         cfg = self.config
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGINT):
@@ -96,9 +96,12 @@ class Daemon:
         log.info("paygressd listening", pubkey=self.own_hex, relays=cfg.nostr.relays, accel=backend.accel)
         stop_wait = asyncio.create_task(self._stop.wait())
         done, _ = await asyncio.wait([stop_wait, *tasks], return_when=asyncio.FIRST_COMPLETED)
+        failed = False
         for t in done:
-            if t is not stop_wait and t.exception() is not None:
-                log.error("task died", task=t.get_name(), error=repr(t.exception()))
+            if t is not stop_wait:
+                failed = True
+                log.error("task ended unexpectedly", task=t.get_name(), error=repr(t.exception()))
+        stop_wait.cancel()
 
         log.info("stopping: no new requests; in-flight requests get a bounded grace period")
         provider.accepting = False
@@ -114,3 +117,4 @@ class Daemon:
         await payments.close()
         store.close()
         log.info("stopped; VMs keep running under their leases")
+        return 1 if failed else 0
