@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import functools
 import sys
 from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, TypeVar
@@ -78,40 +79,40 @@ def _run(args: argparse.Namespace, action: Callable[[PaymentService], Awaitable[
     return asyncio.run(go())
 
 
-def cmd_balance(args: argparse.Namespace) -> int:
-    from paygressd.payments.service import PaymentError
+def _payment_errors(cmd: Callable[[argparse.Namespace], int]) -> Callable[[argparse.Namespace], int]:
+    """A wallet command's PaymentError becomes one line on stderr and exit code 1."""
 
-    try:
-        balances = _run(args, lambda svc: svc.balance())
-    except PaymentError as exc:
-        print(f"paygressd: {exc}", file=sys.stderr)
-        return 1
+    @functools.wraps(cmd)
+    def run(args: argparse.Namespace) -> int:
+        from paygressd.payments.service import PaymentError
+
+        try:
+            return cmd(args)
+        except PaymentError as exc:
+            print(f"paygressd: {exc}", file=sys.stderr)
+            return 1
+
+    return run
+
+
+@_payment_errors
+def cmd_balance(args: argparse.Namespace) -> int:
+    balances = _run(args, lambda svc: svc.balance())
     for mint, amount in balances.items():
         print(f"{mint}: {amount} sat")
     print(f"total: {sum(balances.values())} sat")
     return 0
 
 
+@_payment_errors
 def cmd_send(args: argparse.Namespace) -> int:
-    from paygressd.payments.service import PaymentError
-
-    try:
-        token = _run(args, lambda svc: svc.send(args.amount, args.mint))
-    except PaymentError as exc:
-        print(f"paygressd: {exc}", file=sys.stderr)
-        return 1
-    print(token)
+    print(_run(args, lambda svc: svc.send(args.amount, args.mint)))
     return 0
 
 
+@_payment_errors
 def cmd_pay(args: argparse.Namespace) -> int:
-    from paygressd.payments.service import PaymentError
-
-    try:
-        result = _run(args, lambda svc: svc.pay_invoice(args.bolt11, args.mint))
-    except PaymentError as exc:
-        print(f"paygressd: {exc}", file=sys.stderr)
-        return 1
+    result = _run(args, lambda svc: svc.pay_invoice(args.bolt11, args.mint))
     if not result.paid:
         print(f"paygressd: payment is pending at {result.mint}; check again later", file=sys.stderr)
         return 3
