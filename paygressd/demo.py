@@ -21,7 +21,7 @@ from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
-from typing import TextIO
+from typing import TextIO, TypeVar
 
 from nostr_sdk import Keys
 
@@ -58,6 +58,20 @@ TICK_SECONDS = 10.0  # progress line interval when stdout is not a terminal
 
 class DemoError(Exception):
     """A step failed; str() is the user-facing explanation."""
+
+
+M = TypeVar("M", AccessDetails, TopUpReply, StatusReply)
+
+
+def _expect(reply: object, model: type[M], what: str, within: int) -> M:
+    """The consumer's reply as ``model``, or a DemoError that says what came back instead."""
+    if reply is None:
+        raise DemoError(f"no reply to the {what} request within {within} s")
+    if isinstance(reply, ErrorReply):
+        raise DemoError(f"{what} refused: {reply.error_type}: {reply.message}")
+    if not isinstance(reply, model):
+        raise DemoError(f"unexpected {what} reply: {reply!r}")
+    return reply
 
 
 @dataclass(frozen=True)
@@ -385,12 +399,7 @@ class Demo:
         async with follower.following("spawn", SPAWN_STAGES), self.p.ticking("spawn", waiting):
             reply = await self.consumer.spawn(listing.provider_hex, token, tier=TIER, ssh_user=SSH_USER,
                                               ssh_password=password, lookback=0)
-        if reply is None:
-            raise DemoError("no reply to the spawn request within 120 s")
-        if isinstance(reply, ErrorReply):
-            raise DemoError(f"spawn refused: {reply.error_type}: {reply.message}")
-        if not isinstance(reply, AccessDetails):
-            raise DemoError(f"unexpected spawn reply: {reply!r}")
+        reply = _expect(reply, AccessDetails, "spawn", 120)
         self.p.step("spawn", f"access details received ({reply.pod_npub}, port {reply.node_port}),"
                              f" lease until {_clock(reply.expires_at)}")
         self.p.detail(f"ssh -p {reply.node_port} root@{reply.host_address or '127.0.0.1'}   (password {password})")
@@ -410,21 +419,15 @@ class Demo:
         assert self.consumer is not None and self.wallet is not None and self.config is not None
         token = await self.wallet.token(TOPUP_SATS)
         reply = await self.consumer.topup(self.config.pubkey_hex, access.pod_npub, token, lookback=0)
-        if reply is None:
-            raise DemoError("no reply to the top-up request within 60 s")
-        if isinstance(reply, ErrorReply):
-            raise DemoError(f"top-up refused: {reply.error_type}: {reply.message}")
-        if not isinstance(reply, TopUpReply):
-            raise DemoError(f"unexpected top-up reply: {reply!r}")
+        reply = _expect(reply, TopUpReply, "top-up", 60)
         self.p.step("topup", f"paid {TOPUP_SATS} sat more: {reply.message}; lease now until"
                              f" {_clock(reply.new_expires_at)}")
         return reply.new_expires_at
 
     async def status(self, access: AccessDetails) -> None:
         assert self.consumer is not None and self.config is not None
-        reply = await self.consumer.status(self.config.pubkey_hex, access.pod_npub, lookback=0)
-        if not isinstance(reply, StatusReply):
-            raise DemoError(f"unexpected status reply: {reply!r}")
+        reply = _expect(await self.consumer.status(self.config.pubkey_hex, access.pod_npub, lookback=0),
+                        StatusReply, "status", 30)
         self.p.step("status", f"{reply.status}, {reply.time_remaining_seconds} s left, ssh port {reply.ssh_port},"
                               f" {reply.cpu_millicores} mCPU / {reply.memory_mb} MB")
 
